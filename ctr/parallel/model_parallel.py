@@ -1,0 +1,21 @@
+"""Wraps a model in DistributedModelParallel: tables sharded by the plan, the rest under DDP."""
+
+from torch import nn
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.types import ShardingPlan
+
+from ctr.parallel.process_group import DistributedEnv
+
+
+def distribute(module: nn.Module, env: DistributedEnv, plan: ShardingPlan) -> DistributedModelParallel:
+    """Shards `module` by `plan` on this rank's device.
+
+    Tables may be on the meta device: each rank then allocates only its own shards.
+    """
+    return DistributedModelParallel(
+        module=module,
+        device=env.device,
+        plan=plan,
+        sharders=[EmbeddingBagCollectionSharder()],
+    )

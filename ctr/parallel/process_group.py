@@ -1,0 +1,71 @@
+"""Joins (or creates) the process group and picks the device and backend for this rank."""
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def resolve_backend(requested: str) -> str:
+    """`auto` is NCCL where CUDA is present, gloo otherwise."""
+    if requested == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    if requested not in ("nccl", "gloo"):
+        raise ValueError(f"distributed.backend={requested!r}: expected auto, nccl or gloo")
+    if requested == "nccl" and not torch.cuda.is_available():
+        raise ValueError("distributed.backend=nccl needs CUDA, which this machine lacks; use gloo or auto")
+    return requested
+
+
+def init_distributed(backend: str = "auto") -> DistributedEnv:
+    """Reads the rank from torchrun's environment; a plain single process becomes rank 0 of 1.
+
+    One GPU per rank (cuda:LOCAL_RANK) with NCCL; the CPU with gloo.
+    """
+    backend = resolve_backend(backend)
+    if "RANK" not in os.environ:
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+        )
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if backend == "nccl":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistributedEnv(rank, world_size, local_rank, local_world_size, device, backend)
+
+
+def shutdown() -> None:
+    """Tears the group down explicitly: left to interpreter exit, a 2-rank TorchRec job can
+    abort with "terminate called without an active exception" and a non-zero status."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,56 @@
+"""Moving whole (unsharded) tensors in and out of a sharded model's state.
+
+Used to start a sharded model from known weights (an unsharded model, a reference run)
+and to collect a trained model's full tables on one rank (export, comparison).
+"""
+
+from typing import Dict, Mapping, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+
+def load_full_state(model: nn.Module, full_state: Mapping[str, torch.Tensor]) -> None:
+    """Copies each full tensor into this rank's part of the matching entry, in place.
+
+    Works for every sharding: a sharded table's local shards take their slice (by the
+    shard's row and column offsets); replicated tensors take the whole tensor.
+    """
+    state = model.state_dict()
+    missing = sorted(set(state) - set(full_state))
+    if missing:
+        raise KeyError(f"full state lacks {len(missing)} entries of the model, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for key, target in state.items():
+            source = full_state[key]
+            if tuple(source.shape) != tuple(target.size()):
+                raise ValueError(f"{key}: full tensor has shape {tuple(source.shape)}, model expects {tuple(target.size())}")
+            if isinstance(target, ShardedTensor):
+                for shard in target.local_shards():
+                    index = tuple(
+                        slice(offset, offset + size)
+                        for offset, size in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+                    )
+                    shard.tensor.copy_(source[index])
+            else:
+                target.copy_(source)
+
+
+def full_state_dict(model: nn.Module, dst: int = 0) -> Optional[Dict[str, torch.Tensor]]:
+    """Gathers every entry, whole, onto rank `dst` (a collective: call on all ranks).
+
+    Returns the dict on `dst` and None elsewhere.
+    """
+    is_dst = dist.get_rank() == dst
+    full: Dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if isinstance(value, ShardedTensor):
+            out = torch.empty(value.size(), dtype=value.dtype) if is_dst else None
+            value.gather(dst=dst, out=out)
+            if is_dst:
+                full[key] = out
+        elif is_dst:
+            full[key] = value.detach().cpu().clone()
+    return full if is_dst else None

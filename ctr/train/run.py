@@ -1,0 +1,126 @@
+"""One training job, end to end: data → features → model → sharding → train → evaluate.
+
+`run` is the job function every launcher calls (torchrun workers, the self-launching
+`launch/train.py`), so there is one code path for all of them.
+"""
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from ctr.data.reader import batches, num_steps, prefetch
+from ctr.features.hashing import ModuloHashing, feature_table_sizes
+from ctr.features.tables import embedding_bag_configs
+from ctr.parallel.model_parallel import distribute
+from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer
+from ctr.parallel.planner import format_plan, plan_rows, plan_sharding
+from ctr.parallel.process_group import DistributedEnv, init_distributed, shutdown
+from ctr.train.console import quiet_library_noise
+from ctr.train.evaluate import evaluate
+from ctr.train.loop import train
+from ctr.train.task import ClickTask
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _write_json(path: Path, payload: object) -> None:
+    """Writes via a temporary name and a rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+def build_task(cfg: DictConfig, source, device: torch.device) -> ClickTask:
+    """The unsharded model; its tables on `device` (meta: allocated later, shard by shard)."""
+    table_sizes = feature_table_sizes(
+        source.sparse_names, cfg.embedding.num_embeddings, cfg.embedding.num_embeddings_per_feature
+    )
+    tables = embedding_bag_configs(
+        source.sparse_names, table_sizes, cfg.embedding.dim, cfg.embedding.dim_per_feature
+    )
+    ebc = EmbeddingBagCollection(tables=tables, device=device)
+    model = instantiate(cfg.model, embedding_bag_collection=ebc, num_dense_features=len(source.dense_names))
+    return ClickTask(model)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
+    """Trains and evaluates per `cfg`, writing the plan and metrics into `run_dir` (rank 0)."""
+    quiet_library_noise()
+    env = init_distributed(cfg.distributed.backend)
+    try:
+        return _run(cfg, run_dir, env)
+    finally:
+        shutdown()
+
+
+def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv) -> Dict[str, float]:
+    seed_everything(cfg.distributed.seed)
+    if env.is_main:
+        log.info("rank 0 of %d, backend %s, device %s, run dir %s", env.world_size, env.backend, env.device, run_dir)
+    source = instantiate(cfg.data)
+    hashing = ModuloHashing(
+        feature_table_sizes(source.sparse_names, cfg.embedding.num_embeddings, cfg.embedding.num_embeddings_per_feature)
+    )
+    task = build_task(cfg, source, torch.device("meta"))
+    opt = cfg.optimizer
+    apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, env.device)
+
+    plan = plan_sharding(
+        task, env, cfg.sharding.sharding_type, cfg.trainer.batch_size, cfg.sharding.memory_budget_gb
+    )
+    rows = plan_rows(plan)
+    if env.is_main:
+        log.info("sharding plan:\n%s", format_plan(rows))
+        _write_json(run_dir / "plan.json", {"tables": rows, "plan": str(plan)})
+    model = distribute(task, env, plan)
+    optimizer = combined_optimizer(model, opt.dense_lr)
+
+    trainer = cfg.trainer
+    steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
+
+    def train_batches():
+        for _ in range(trainer.epochs):
+            for batch in batches(source, "train", trainer.batch_size, env.rank, env.world_size, drop_last=True):
+                yield hashing(batch)
+
+    result = train(
+        model,
+        optimizer,
+        prefetch(train_batches()),
+        env,
+        num_steps=steps_per_epoch * trainer.epochs,
+        log_every_steps=trainer.log_every_steps,
+        progress_bar=trainer.progress_bar,
+        max_steps=trainer.max_steps,
+    )
+    metrics = evaluate(model, source, "test", hashing, env, trainer.eval_batch_size)
+    summary = {
+        **{f"test_{k}": v for k, v in metrics.items()},
+        "train_steps": result.steps,
+        "train_samples": result.samples,
+        "train_seconds": result.seconds,
+        "train_samples_per_second": result.samples_per_second,
+        "world_size": env.world_size,
+    }
+    if env.is_main:
+        log.info(
+            "test AUC %.4f (teacher %.4f)  log-loss %.4f  |  %d steps, %.0f samples/s",
+            metrics["auc"], metrics.get("teacher_auc", float("nan")), metrics["log_loss"],
+            result.steps, result.samples_per_second,
+        )
+        _write_json(run_dir / "metrics.json", summary)
+    return summary

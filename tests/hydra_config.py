@@ -1,0 +1,35 @@
+"""Composes the shipped configs with overrides, as `launch/train.py` would."""
+
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
+
+from ctr.config import register_configs
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# A model and data set small enough for a multi-rank run to take seconds.
+TINY = [
+    "data.num_dense=4",
+    "data.num_sparse=6",
+    "data.vocab_min=5",
+    "data.vocab_max=300",
+    "data.train_rows=640",
+    "data.val_rows=64",
+    "data.test_rows=256",
+    "embedding.dim=8",
+    "embedding.num_embeddings=200",
+    "model.num_residual_units=2",
+    "model.residual_hidden_dim=16",
+    "trainer.batch_size=32",
+    "trainer.eval_batch_size=64",
+    "trainer.progress_bar=false",
+]
+
+
+def compose(*overrides: str) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
