@@ -2,6 +2,7 @@
 
 import logging
 import warnings
+from pathlib import Path
 
 
 def quiet_library_noise() -> None:
@@ -11,3 +12,20 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"fbgemm_gpu\..*")
     # TorchRec's train pipeline traces the model with torch.fx, which logs a warning.
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
+def configure_worker_logging(run_dir: Path, rank: int) -> None:
+    """Logging for ranks started by ctr's own launcher, where Hydra's set-up does not reach.
+
+    Mirrors `configs/config.yaml`: ctr's messages at INFO on rank 0's console, every
+    rank's log in `train_rank<r>.log`, libraries at WARNING.
+    """
+    formatter = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    file_handler = logging.FileHandler(run_dir / f"train_rank{rank}.log")
+    handlers: list = [file_handler]
+    if rank == 0:
+        handlers.append(logging.StreamHandler())
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logging.basicConfig(level=logging.WARNING, handlers=handlers, force=True)
+    logging.getLogger("ctr").setLevel(logging.INFO)

@@ -6,6 +6,7 @@
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Dict
@@ -13,7 +14,7 @@ from typing import Dict
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ctr.data.reader import batches, num_steps, prefetch
@@ -23,7 +24,7 @@ from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer
 from ctr.parallel.planner import format_plan, plan_rows, plan_sharding
 from ctr.parallel.process_group import DistributedEnv, init_distributed, shutdown
-from ctr.train.console import quiet_library_noise
+from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.loop import train
 from ctr.train.task import ClickTask
@@ -65,6 +66,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
         return _run(cfg, run_dir, env)
     finally:
         shutdown()
+
+
+def run_worker(cfg_container: dict, run_dir: str) -> Dict[str, float]:
+    """Entry of a rank started by `ctr.parallel.launcher` (a plain dict crosses the process boundary)."""
+    configure_worker_logging(Path(run_dir), int(os.environ["RANK"]))
+    return run(OmegaConf.create(cfg_container), Path(run_dir))
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv) -> Dict[str, float]:
