@@ -23,6 +23,7 @@ class TrainResult:
     steps: int = 0
     samples: int = 0
     seconds: float = 0.0
+    first_step_finished_at: float = 0.0  # time.time() when step 1 was done
     losses: List[float] = field(default_factory=list)
 
     @property
@@ -65,6 +66,8 @@ def train(
         except StopIteration:
             break
         result.steps += 1
+        if result.steps == 1:
+            result.first_step_finished_at = time.time()
         samples = labels.numel() * env.world_size
         result.samples += samples
         window_samples += samples

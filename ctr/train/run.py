@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import Dict
 
@@ -22,7 +23,8 @@ from ctr.features.hashing import ModuloHashing, feature_table_sizes
 from ctr.features.tables import embedding_bag_configs
 from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer
-from ctr.parallel.planner import format_plan, plan_rows, plan_sharding
+from ctr.parallel.plan_summary import format_estimates, format_plan, plan_report, plan_rows
+from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv, init_distributed, shutdown
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
@@ -30,6 +32,8 @@ from ctr.train.loop import train
 from ctr.train.task import ClickTask
 
 log = logging.getLogger(__name__)
+
+JOB_START_ENV = "CTR_JOB_START"
 
 
 def seed_everything(seed: int) -> None:
@@ -60,10 +64,12 @@ def build_task(cfg: DictConfig, source, device: torch.device) -> ClickTask:
 
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     """Trains and evaluates per `cfg`, writing the plan and metrics into `run_dir` (rank 0)."""
+    # ctr's launcher stamps the job's start; under torchrun the rank's own start stands in.
+    job_start = float(os.environ.get(JOB_START_ENV, time.time()))
     quiet_library_noise()
     env = init_distributed(cfg.distributed.backend)
     try:
-        return _run(cfg, run_dir, env)
+        return _run(cfg, run_dir, env, job_start)
     finally:
         shutdown()
 
@@ -74,7 +80,7 @@ def run_worker(cfg_container: dict, run_dir: str) -> Dict[str, float]:
     return run(OmegaConf.create(cfg_container), Path(run_dir))
 
 
-def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv) -> Dict[str, float]:
+def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) -> Dict[str, float]:
     seed_everything(cfg.distributed.seed)
     if env.is_main:
         log.info("rank 0 of %d, backend %s, device %s, run dir %s", env.world_size, env.backend, env.device, run_dir)
@@ -86,15 +92,13 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv) -> Dict[str, float
     opt = cfg.optimizer
     apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, env.device)
 
-    plan = plan_sharding(
-        task, env, cfg.sharding.sharding_type, cfg.trainer.batch_size, cfg.sharding.memory_budget_gb
-    )
-    rows = plan_rows(plan)
+    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size)
+    rows = plan_rows(plan, task)
     if env.is_main:
-        log.info("sharding plan:\n%s", format_plan(rows))
-        _write_json(run_dir / "plan.json", {"tables": rows, "plan": str(plan)})
+        log.info("sharding plan:\n%s\n%s", format_plan(rows), format_estimates(estimates))
+        _write_json(run_dir / "plan.json", plan_report(plan, rows, estimates))
     model = distribute(task, env, plan)
-    optimizer = combined_optimizer(model, opt.dense_lr)
+    optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr)
 
     trainer = cfg.trainer
     steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
@@ -115,12 +119,16 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv) -> Dict[str, float
         max_steps=trainer.max_steps,
     )
     metrics = evaluate(model, source, "test", hashing, env, trainer.eval_batch_size)
+    val_metrics = evaluate(model, source, "val", hashing, env, trainer.eval_batch_size) if source.num_rows("val") else {}
     summary = {
         **{f"test_{k}": v for k, v in metrics.items()},
+        **{f"val_{k}": v for k, v in val_metrics.items()},
+        "embedding_bytes": sum(sum(row["bytes_per_rank"].values()) for row in rows),
         "train_steps": result.steps,
         "train_samples": result.samples,
         "train_seconds": result.seconds,
         "train_samples_per_second": result.samples_per_second,
+        "seconds_to_first_step": result.first_step_finished_at - job_start,
         "world_size": env.world_size,
     }
     if env.is_main:

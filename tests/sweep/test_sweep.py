@@ -1,0 +1,96 @@
+"""Hydra multirun: each job a full 2-rank distributed job, ending in a summary."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ctr.sweep.summary import write_summary
+from tests.hydra_config import TINY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "launch/train.py", "-m", *TINY, "distributed.nproc_per_node=2",
+         f"hydra.sweep.dir={tmp_path}", *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+
+
+def _summary(sweep_dir: Path):
+    with open(sweep_dir / "summary.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_two_by_two_sweep_runs_four_distributed_jobs_and_summarises_them(tmp_path):
+    proc = _sweep(tmp_path, "embedding.dim=4,8", "model.num_residual_units=1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in range(4):
+        metrics = json.loads((tmp_path / str(job) / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and 0 < metrics["test_auc"] < 1
+        assert (tmp_path / str(job) / "plan.json").exists()
+        assert (tmp_path / str(job) / ".hydra" / "config.yaml").exists()
+        assert (tmp_path / str(job) / "train_rank1.log").exists()
+    rows = _summary(tmp_path)
+    assert len(rows) == 4
+    assert {(r["embedding.dim"], r["model.num_residual_units"]) for r in rows} == {("4", "1"), ("4", "2"), ("8", "1"), ("8", "2")}
+    assert all(r["status"] == "completed" and float(r["test_auc"]) > 0 and float(r["samples_per_s"]) > 0 for r in rows)
+    by_dim = {r["embedding.dim"]: int(r["embedding_bytes"]) for r in rows}
+    assert by_dim["8"] == 2 * by_dim["4"], "embedding bytes must come from the job's own plan"
+    assert "| job |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "summary.png").stat().st_size > 0
+
+
+def test_a_failed_job_is_marked_failed_and_the_others_complete(tmp_path):
+    # FBGEMM has no CPU kernel for a fused Adam: that job fails at start-up.
+    proc = _sweep(tmp_path, "optimizer.sparse=adam,rowwise_adagrad")
+    assert "failed" in proc.stdout + proc.stderr
+    rows = {r["optimizer.sparse"]: r for r in _summary(tmp_path)}
+    assert rows["adam"]["status"] == "failed" and rows["adam"]["test_auc"] == ""
+    assert "no FBGEMM CPU kernel" in json.loads((tmp_path / "0" / "job.json").read_text())["error"] or \
+        "ChildFailedError" in json.loads((tmp_path / "0" / "job.json").read_text())["error"]
+    assert rows["rowwise_adagrad"]["status"] == "completed" and float(rows["rowwise_adagrad"]["test_auc"]) > 0
+
+
+def test_summary_is_rebuilt_from_an_existing_sweep_directory(tmp_path):
+    for job, (dim, auc) in enumerate([(4, 0.61), (8, 0.63)]):
+        job_dir = tmp_path / str(job)
+        (job_dir / ".hydra").mkdir(parents=True)
+        (job_dir / ".hydra" / "overrides.yaml").write_text(f"- embedding.dim={dim}\n")
+        (job_dir / "metrics.json").write_text(json.dumps({"test_auc": auc, "embedding_bytes": dim * 1000}))
+        (job_dir / "job.json").write_text(json.dumps({"status": "completed", "wall_seconds": 3.0}))
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- embedding.dim=16\n")
+    proc = subprocess.run(
+        [sys.executable, "launch/sweep_summary.py", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = _summary(tmp_path)
+    assert [(r["embedding.dim"], r["status"], r["test_auc"]) for r in rows] == [
+        ("4", "completed", "0.61"), ("8", "completed", "0.63"), ("16", "unfinished", ""),
+    ]
+    assert write_summary(tmp_path) and (tmp_path / "summary.png").exists()
+
+
+def test_optuna_search_config_loads_with_its_search_space():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from ctr.config import register_configs
+    from tests.hydra_config import CONFIGS
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = hydra_compose(
+            config_name="config", overrides=["hydra/sweeper=tune_auc", "hydra.sweeper.n_trials=3"],
+            return_hydra_config=True,
+        )
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "maximize" and sweeper.n_trials == 3
+    assert set(sweeper.params) == {
+        "optimizer.dense_lr", "optimizer.sparse_lr", "embedding.dim", "embedding.num_embeddings",
+    }
