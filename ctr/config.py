@@ -5,9 +5,10 @@ start-up with the key's name, instead of being silently ignored.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import os
+import time
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -30,6 +31,40 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class CriteoDataConfig:
+    """`configs/data/criteo.yaml`: shards written by `launch/preprocess.py`, split by ratios or by day."""
+
+    _target_: str = "ctr.data.shards.ShardSource"
+    path: str = MISSING
+    split_by: str = "ratio"
+    train_ratio: float = 0.8
+    val_ratio: float = 0.1
+    train_days: List[int] = field(default_factory=lambda: list(range(23)))
+    val_days: List[int] = field(default_factory=list)
+    test_days: List[int] = field(default_factory=lambda: [23])
+    shuffle_buffer: int = 65536
+    seed: int = 0
+    verify_checksums: bool = False
+
+
+@dataclass
+class PreprocessConfig:
+    """`configs/preprocess.yaml`: one pass from Criteo TSV files to columnar shards."""
+
+    _target_: str = "ctr.data.preprocess.preprocess"
+    input: str = MISSING
+    output: str = MISSING
+    on_bad_row: str = "error"
+    log1p: bool = True
+    dense_columns: Optional[List[str]] = None
+    sparse_columns: Optional[List[str]] = None
+    shard_rows: int = 262_144
+    chunk_rows: int = 16_384
+    overwrite: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
 class DeepCrossingConfig:
     """`configs/model/deep_crossing.yaml`: Shan et al. 2016, residual units over stacked features."""
 
@@ -49,14 +84,71 @@ class EmbeddingConfig:
 
 
 @dataclass
+class TableShardingConfig:
+    """One entry of `sharding.tables`: overrides the group's choice for one table.
+
+    Unset fields keep the group's choice. `ranks` pins the shards: one rank for
+    table-wise, one rank per column shard for the column-wise types. (`sharding.tables`
+    itself is an untyped dict, so that `+sharding.tables.t_x.ranks=[1]` works on the
+    command line; the planner checks each entry against this class.)
+    """
+
+    sharding_type: Optional[str] = None
+    compute_kernel: Optional[str] = None
+    ranks: Optional[List[int]] = None
+    min_partition: Optional[int] = None
+
+
+@dataclass
+class TopologyConfig:
+    """`sharding.topology`: the cluster the planner plans for; null fields are this job's own.
+
+    Set them to plan for a cluster other than the one running (`launch/plan.py`).
+    """
+
+    world_size: Optional[int] = None
+    local_world_size: Optional[int] = None
+    compute_device: Optional[str] = None
+
+
+@dataclass
+class StorageReservationConfig:
+    """`sharding.storage_reservation`: TorchRec's policy for memory kept back from tables."""
+
+    _target_: str = "torchrec.distributed.planner.storage_reservations.FixedPercentageStorageReservation"
+    percentage: float = 0.15
+
+
+@dataclass
 class ShardingConfig:
     """`configs/sharding/*.yaml`: how TorchRec's planner places the tables.
 
     `sharding_type` None lets the planner choose among all types the device supports.
+    `memory_budget_gb` caps each rank's device memory (HBM on GPUs, host memory on CPU).
+    `min_partition` is the narrowest column shard the column-wise types may cut
+    (TorchRec's default, 128, leaves narrower tables whole). `proposers` empty keeps
+    TorchRec's default search; each entry is a `_target_` node of a TorchRec proposer.
     """
 
     sharding_type: Optional[str] = "table_wise"
     memory_budget_gb: Optional[float] = None
+    min_partition: Optional[int] = None
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    storage_reservation: StorageReservationConfig = field(default_factory=StorageReservationConfig)
+    proposers: List[Any] = field(default_factory=list)
+    tables: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScheduleConfig:
+    """A learning-rate schedule: linear warm-up, then decay to `final_fraction` of the base rate.
+
+    `decay` is none, linear or cosine, over the run's planned steps (epochs × steps per epoch).
+    """
+
+    warmup_steps: int = 0
+    decay: str = "none"
+    final_fraction: float = 0.1
 
 
 @dataclass
@@ -67,11 +159,18 @@ class OptimizerConfig:
     sparse_lr: float = 0.05
     sparse_eps: float = 1e-8
     dense_lr: float = 1e-3
+    sparse_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    dense_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 @dataclass
 class TrainerConfig:
-    """`configs/trainer/*.yaml`: batch sizes, duration and logging cadence."""
+    """`configs/trainer/*.yaml`: batch sizes, duration, evaluation and logging cadence.
+
+    Validation runs every `eval_every_steps` (and at the end); `best_metric` picks the
+    best checkpoint and drives early stopping after `early_stopping_patience` evaluations
+    without improvement (null: never stop early).
+    """
 
     batch_size: int = 2048
     eval_batch_size: int = 8192
@@ -79,6 +178,27 @@ class TrainerConfig:
     max_steps: Optional[int] = None
     log_every_steps: int = 50
     progress_bar: bool = True
+    eval_every_steps: Optional[int] = None
+    best_metric: str = "auc"
+    early_stopping_patience: Optional[int] = None
+    tensorboard: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    """`configs/checkpoint/*.yaml`: sharded checkpoints with torch.distributed.checkpoint.
+
+    `dir` null is `<run dir>/checkpoints`. `resume`: auto (the latest complete checkpoint
+    in `dir`, if any), none, or a checkpoint directory's path. `weights_only` loads the
+    model alone (e.g. into another sharding plan) and starts optimizers afresh.
+    """
+
+    dir: Optional[str] = None
+    every_steps: Optional[int] = None
+    keep_last: int = 2
+    keep_best: bool = True
+    resume: str = "auto"
+    weights_only: bool = False
 
 
 @dataclass
@@ -100,7 +220,18 @@ class Config:
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+
+def run_name() -> str:
+    """The run directory's name: torchrun's run id when under torchrun, else the time.
+
+    Every rank, and every restart of a job under `torchrun --max-restarts`, gets the same
+    name, so all ranks write to one directory and a restarted job finds its checkpoints.
+    """
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    return f"torchrun-{run_id[:8]}" if run_id != "none" else time.strftime("%H-%M-%S")
 
 
 def register_configs() -> None:
@@ -111,9 +242,12 @@ def register_configs() -> None:
     """
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
+    OmegaConf.register_new_resolver("ctr_run_name", run_name, replace=True)
     # Under torchrun every rank starts the Hydra app; only rank 0 writes the resolved config.
     OmegaConf.register_new_resolver(
         "ctr_rank0_only", lambda value: value if os.environ.get("RANK", "0") == "0" else None, replace=True
     )
     store.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
+    store.store(group="data", name="criteo_schema", node=CriteoDataConfig)
+    store.store(name="preprocess_schema", node=PreprocessConfig)
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)

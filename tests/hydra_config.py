@@ -10,7 +10,18 @@ from ctr.config import register_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# A model and data set small enough for a multi-rank run to take seconds.
+# A model small enough for a multi-rank run to take seconds, on any data.
+TINY_MODEL = [
+    "embedding.dim=8",
+    "embedding.num_embeddings=200",
+    "model.num_residual_units=2",
+    "model.residual_hidden_dim=16",
+    "trainer.batch_size=32",
+    "trainer.eval_batch_size=64",
+    "trainer.progress_bar=false",
+]
+
+# ... and a synthetic data set to match.
 TINY = [
     "data.num_dense=4",
     "data.num_sparse=6",
@@ -19,13 +30,7 @@ TINY = [
     "data.train_rows=640",
     "data.val_rows=64",
     "data.test_rows=256",
-    "embedding.dim=8",
-    "embedding.num_embeddings=200",
-    "model.num_residual_units=2",
-    "model.residual_hidden_dim=16",
-    "trainer.batch_size=32",
-    "trainer.eval_batch_size=64",
-    "trainer.progress_bar=false",
+    *TINY_MODEL,
 ]
 
 

@@ -27,9 +27,9 @@ class RowSource(Protocol):
 
 
 def rank_ranges(
-    num_rows: int, batch_size: int, rank: int, world_size: int, drop_last: bool
+    num_rows: int, batch_size: int, rank: int, world_size: int, drop_last: bool, start_step: int = 0
 ) -> Iterator[Tuple[int, int]]:
-    """Yields this rank's [start, stop) row range for each step.
+    """Yields this rank's [start, stop) row range for each step from `start_step` on.
 
     A final partial step is dropped (`drop_last`, for training, so every step has equal
     shares) or split as evenly as possible across ranks (for evaluation, so every row is
@@ -38,10 +38,10 @@ def rank_ranges(
     """
     step_rows = batch_size * world_size
     full_steps, remainder = divmod(num_rows, step_rows)
-    for step in range(full_steps):
+    for step in range(start_step, full_steps):
         start = step * step_rows + rank * batch_size
         yield start, start + batch_size
-    if remainder and not drop_last:
+    if remainder and not drop_last and start_step <= full_steps:
         if remainder < world_size:
             raise ValueError(
                 f"{remainder} trailing rows cannot give each of {world_size} ranks a row; "
@@ -60,9 +60,10 @@ def rank_rows(
     rank: int,
     world_size: int,
     drop_last: bool,
+    start_step: int = 0,
 ) -> Iterator[Rows]:
-    """Yields this rank's rows of `split`, one block per step."""
-    for start, stop in rank_ranges(source.num_rows(split), batch_size, rank, world_size, drop_last):
+    """Yields this rank's rows of `split`, one block per step, from `start_step` on."""
+    for start, stop in rank_ranges(source.num_rows(split), batch_size, rank, world_size, drop_last, start_step):
         yield source.rows(split, start, stop)
 
 
@@ -73,9 +74,10 @@ def batches(
     rank: int,
     world_size: int,
     drop_last: bool,
+    start_step: int = 0,
 ) -> Iterator[Batch]:
-    """Yields this rank's TorchRec batches of `split`, in step order."""
-    for rows in rank_rows(source, split, batch_size, rank, world_size, drop_last):
+    """Yields this rank's TorchRec batches of `split`, in step order, from `start_step` on."""
+    for rows in rank_rows(source, split, batch_size, rank, world_size, drop_last, start_step):
         yield rows_to_batch(rows, source.sparse_names)
 
 

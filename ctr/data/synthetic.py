@@ -16,21 +16,13 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from ctr.data.ids import splitmix64, to_id
 from ctr.data.rows import Rows
 
 _SPLITS: Dict[str, int] = {"train": 0, "val": 1, "test": 2}
 _BLOCK_ROWS = 1024
 _INTERACTION_RANK = 4
 _NUM_INTERACTING_PAIRS = 12
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A well-mixed 64-bit hash (Steele et al. 2014), vectorised."""
-    with np.errstate(over="ignore"):
-        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
 
 
 class SyntheticCriteo:
@@ -101,7 +93,7 @@ class SyntheticCriteo:
         dense = np.log1p(counts).astype(np.float32)
         ranks = np.stack([np.searchsorted(cdf, rng.random(n)) for cdf in self._id_cdfs], axis=1)
         feature_salt = (np.arange(ranks.shape[1], dtype=np.uint64) + np.uint64(1)) << np.uint64(40)
-        ids = (_splitmix64(ranks.astype(np.uint64) | feature_salt) >> np.uint64(1)).astype(np.int64)
+        ids = to_id(splitmix64(ranks.astype(np.uint64) | feature_salt))
         logits = self._teacher(dense, ranks)
         labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         return dense, ids, labels, logits.astype(np.float32)

@@ -1,10 +1,10 @@
 """Wraps a model in DistributedModelParallel: tables sharded by the plan, the rest under DDP."""
 
 from torch import nn
-from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingPlan
 
+from ctr.parallel.planner import sharders
 from ctr.parallel.process_group import DistributedEnv
 
 
@@ -17,5 +17,5 @@ def distribute(module: nn.Module, env: DistributedEnv, plan: ShardingPlan) -> Di
         module=module,
         device=env.device,
         plan=plan,
-        sharders=[EmbeddingBagCollectionSharder()],
+        sharders=sharders(),
     )

@@ -1,10 +1,12 @@
-"""Optimizers: FBGEMM's fused in-backward optimizer for tables, a regular one for the dense tower."""
+"""Optimizers: FBGEMM's fused in-backward optimizer for tables (the same optimizer, unfused,
+for data-parallel tables), Adam for the dense tower."""
 
 from typing import Dict, Type
 
 import torch
 from torch import nn
 from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
+from torchrec.distributed.embeddingbag import ShardedEmbeddingBagCollection
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -17,6 +19,8 @@ SPARSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
     "rowwise_adagrad": RowWiseAdagrad,
     "adam": torch.optim.Adam,
 }
+# The name of the dense tower's optimizer inside the combined optimizer; the others update tables.
+DENSE = "dense"
 # FBGEMM 1.8's CPU kernels implement only these.
 CPU_SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
@@ -46,8 +50,27 @@ def apply_sparse_optimizer(module: nn.Module, name: str, lr: float, eps: float, 
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[name], table_params, sparse_optimizer_kwargs(name, lr, eps))
 
 
-def combined_optimizer(model: nn.Module, dense_lr: float) -> CombinedOptimizer:
-    """The fused table optimizers (already inside the sharded model) plus Adam for the rest."""
-    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense = KeyedOptimizerWrapper(dense_params, lambda params: torch.optim.Adam(params, lr=dense_lr))
-    return CombinedOptimizer([model.fused_optimizer, dense])
+def combined_optimizer(model: nn.Module, sparse: str, sparse_lr: float, sparse_eps: float, dense_lr: float) -> CombinedOptimizer:
+    """The fused table optimizers (already inside the sharded model), the configured sparse
+    optimizer for tables without a fused kernel, and Adam for the rest.
+
+    Data-parallel tables use the dense kernel, which ignores the in-backward mark: left
+    to the dense optimizer they would train with Adam, not the configured optimizer.
+    """
+    table_ids = {
+        id(param)
+        for submodule in model.modules()
+        if isinstance(submodule, ShardedEmbeddingBagCollection)
+        for param in submodule.parameters()
+    }
+    unfused = dict(in_backward_optimizer_filter(model.named_parameters()))
+    tables = {name: param for name, param in unfused.items() if id(param) in table_ids}
+    dense = {name: param for name, param in unfused.items() if id(param) not in table_ids}
+    optimizers = [("sparse", model.fused_optimizer)]
+    if tables:
+        kwargs = sparse_optimizer_kwargs(sparse, sparse_lr, sparse_eps)
+        optimizers.append(
+            ("sparse_replicated", KeyedOptimizerWrapper(tables, lambda params: SPARSE_OPTIMIZERS[sparse](params, **kwargs)))
+        )
+    optimizers.append((DENSE, KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr))))
+    return CombinedOptimizer(optimizers)

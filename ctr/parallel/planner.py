@@ -1,55 +1,157 @@
-"""Sharding plans from config, through TorchRec's EmbeddingShardingPlanner, and their summary."""
+"""Sharding plans from config, through TorchRec's EmbeddingShardingPlanner.
 
-from typing import Dict, List, Optional
+The config (`sharding.*`) becomes the planner's inputs: a topology (this job's, or one
+given for planning a bigger cluster), per-table `ParameterConstraints` (the group's
+type, or per-table overrides of type, kernel and column-shard width), the storage
+reservation and proposers. Ranks pinned by an override are applied to the chosen plan
+before TorchRec turns it into a `ShardingPlan`, so the plan and its estimates agree.
+"""
+
+from dataclasses import fields
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch.distributed as dist
+from hydra.utils import instantiate
 from torch import nn
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
-from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import (
     KernelConfig,
     ParameterConstraints,
+    PlannerError,
+    PlannerErrorType,
+    ShardingOption,
     Topology,
     TopologyFactory,
     TrainerConfig,
 )
-from torchrec.distributed.types import ShardingPlan, ShardingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
+from ctr.config import TableShardingConfig
+from ctr.parallel.plan_summary import PlanEstimates, embedding_tables
 from ctr.parallel.process_group import DistributedEnv
 
 # Row-wise variants need a reduce-scatter that gloo cannot give TorchRec.
 CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")
 ALL_SHARDING_TYPES = tuple(t.value for t in ShardingType if t != ShardingType.GRID_SHARD)
+# Kernels ctr's models can run; TorchRec's virtual-table kernels need a key-value setup they lack.
+KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
+# Types whose shards an override may pin to ranks: one shard (table-wise) or one per column block.
+PINNABLE_TYPES = ("table_wise", "column_wise", "table_column_wise")
+
+
+def sharders() -> List[ModuleSharder[nn.Module]]:
+    """The sharders both the planner and DistributedModelParallel use."""
+    return [EmbeddingBagCollectionSharder()]
 
 
 def device_sharding_types(device_type: str) -> List[str]:
     return list(CPU_SHARDING_TYPES if device_type == "cpu" else ALL_SHARDING_TYPES)
 
 
-def sharding_constraints(
-    module: nn.Module, sharding_type: Optional[str], device_type: str
-) -> Dict[str, ParameterConstraints]:
-    """Per-table constraints: the forced type (or every type the device runs) and its kernel."""
+def check_sharding_type(key: str, sharding_type: str, device_type: str) -> None:
+    """Fails at start-up, naming the config key, for a type this device cannot run."""
     allowed = device_sharding_types(device_type)
-    if sharding_type is not None and sharding_type not in allowed:
+    if sharding_type in allowed:
+        return
+    if sharding_type in ALL_SHARDING_TYPES:
         raise ValueError(
-            f"sharding.sharding_type={sharding_type!r} cannot run on {device_type}; "
-            f"use one of {allowed}" + (" (row-wise sharding needs CUDA)" if "row" in sharding_type else "")
+            f"{key}={sharding_type!r} cannot run on {device_type} (row-wise sharding needs CUDA: gloo has no "
+            f"reduce-scatter TorchRec can use); use one of {allowed}, e.g. table_wise or column_wise"
         )
-    types = [sharding_type] if sharding_type is not None else allowed
-    kernels = [EmbeddingComputeKernel.DENSE.value] if types == ["data_parallel"] else [
-        EmbeddingComputeKernel.FUSED.value
-    ]
-    if "data_parallel" in types and len(types) > 1:
-        kernels = [EmbeddingComputeKernel.FUSED.value, EmbeddingComputeKernel.DENSE.value]
-    return {
-        table.name: ParameterConstraints(sharding_types=types, compute_kernels=kernels)
-        for submodule in module.modules()
-        if isinstance(submodule, EmbeddingBagCollection)
-        for table in submodule.embedding_bag_configs()
-    }
+    raise ValueError(f"{key}={sharding_type!r}: expected one of {list(ALL_SHARDING_TYPES)} or null (auto)")
+
+
+def _check_ranks(
+    key: str, table: EmbeddingBagConfig, sharding_type: Optional[str], ranks: List[int], world_size: int
+) -> None:
+    if sharding_type not in PINNABLE_TYPES:
+        raise ValueError(f"{key}.ranks needs {key}.sharding_type (or sharding.sharding_type) in {list(PINNABLE_TYPES)}")
+    if not ranks or any(not 0 <= r < world_size for r in ranks):
+        raise ValueError(f"{key}.ranks={ranks}: expected ranks in [0, {world_size})")
+    if sharding_type == "table_wise" and len(ranks) != 1:
+        raise ValueError(f"{key}.ranks={ranks}: a table-wise table lives on exactly one rank")
+    if sharding_type != "table_wise":
+        width, rest = divmod(table.embedding_dim, len(ranks))
+        if rest or width % 4:
+            raise ValueError(
+                f"{key}.ranks={ranks}: dim {table.embedding_dim} must split into {len(ranks)} column shards "
+                "whose width is a multiple of 4"
+            )
+
+
+def table_overrides(sharding: Mapping, tables: Mapping[str, EmbeddingBagConfig]) -> Dict[str, TableShardingConfig]:
+    """`sharding.tables`, checked: known tables, known keys."""
+    overrides = sharding.get("tables") or {}
+    unknown = sorted(set(overrides) - set(tables))
+    if unknown:
+        raise KeyError(f"sharding.tables names {unknown}, which are not tables of the model; tables: {sorted(tables)}")
+    keys = [f.name for f in fields(TableShardingConfig)]
+    parsed = {}
+    for name, override in overrides.items():
+        override = dict(override or {})
+        bad = sorted(set(override) - set(keys))
+        if bad:
+            raise KeyError(f"sharding.tables.{name}.{bad[0]}: not a table override; expected keys {keys}")
+        parsed[name] = TableShardingConfig(**override)
+    return parsed
+
+
+def sharding_constraints(
+    module: nn.Module, sharding: Mapping, device_type: str, world_size: int
+) -> Dict[str, ParameterConstraints]:
+    """Per-table constraints: the type (forced, overridden, or every type the device runs),
+    its kernel (overridden, or the sharder's kernels for that type on this device) and
+    the narrowest column shard (pinned ranks fix it at dim / len(ranks))."""
+    tables = {table.name: table for table in embedding_tables(module)}
+    overrides = table_overrides(sharding, tables)
+    if sharding.get("sharding_type") is not None:
+        check_sharding_type("sharding.sharding_type", sharding["sharding_type"], device_type)
+    sharder = sharders()[0]
+    constraints = {}
+    for name, table in tables.items():
+        key = f"sharding.tables.{name}"
+        override = overrides.get(name, TableShardingConfig())
+        sharding_type = override.sharding_type or sharding.get("sharding_type")
+        if override.sharding_type:
+            check_sharding_type(f"{key}.sharding_type", sharding_type, device_type)
+        types = [sharding_type] if sharding_type else device_sharding_types(device_type)
+        kernels = sorted({k for t in types for k in sharder.compute_kernels(t, device_type) if k in KERNELS})
+        if override.compute_kernel is not None:
+            if override.compute_kernel not in kernels:
+                raise ValueError(
+                    f"{key}.compute_kernel={override.compute_kernel!r}: {types} on {device_type} runs only {kernels}"
+                )
+            kernels = [override.compute_kernel]
+        min_partition = override.min_partition or sharding.get("min_partition")
+        if override.ranks is not None:
+            _check_ranks(key, table, sharding_type, list(override.ranks), world_size)
+            min_partition = table.embedding_dim // len(override.ranks)
+        constraints[name] = ParameterConstraints(
+            sharding_types=types, compute_kernels=kernels, min_partition=min_partition
+        )
+    return constraints
+
+
+def pin_ranks(pinned: Mapping[str, List[int]]):
+    """A planner callback that moves the shards of pinned tables onto their ranks."""
+
+    def callback(best_plan: List[ShardingOption]) -> List[ShardingOption]:
+        for option in best_plan:
+            ranks = pinned.get(option.name)
+            if ranks is None:
+                continue
+            if len(option.shards) != len(ranks):
+                raise PlannerError(
+                    f"sharding.tables.{option.name}.ranks={list(ranks)}: the plan cut {len(option.shards)} shards",
+                    PlannerErrorType.INVALID_RANK_ASSIGNMENT,
+                )
+            for shard, rank in zip(option.shards, ranks):
+                shard.rank = rank
+        return best_plan
+
+    return callback
 
 
 def topology(
@@ -67,69 +169,52 @@ def topology(
     )
 
 
-def plan_sharding(
+def build_planner(
     module: nn.Module,
-    env: DistributedEnv,
-    sharding_type: Optional[str],
+    sharding: Mapping,
     batch_size: int,
-    memory_budget_gb: Optional[float] = None,
-    storage_reservation: float = 0.15,
-) -> ShardingPlan:
+    world_size: int,
+    local_world_size: int,
+    device_type: str,
+) -> Tuple[EmbeddingShardingPlanner, PlanEstimates]:
+    """TorchRec's planner for `module` per the `sharding` config, on the given cluster,
+    and the `PlanEstimates` it fills when it plans (its per-rank memory and perf estimates)."""
+    overrides = table_overrides(sharding, {table.name: table for table in embedding_tables(module)})
+    pinned = {name: list(o.ranks) for name, o in overrides.items() if o.ranks is not None}
+    estimates = PlanEstimates()
+    proposers = [instantiate(p) for p in sharding.get("proposers") or []]
+    planner = EmbeddingShardingPlanner(
+        topology=topology(world_size, local_world_size, device_type, sharding.get("memory_budget_gb")),
+        batch_size=batch_size,
+        constraints=sharding_constraints(module, sharding, device_type, world_size),
+        storage_reservation=instantiate(sharding["storage_reservation"]),
+        proposer=proposers or None,
+        stats=[estimates],
+        callbacks=[pin_ranks(pinned)],
+    )
+    return planner, estimates
+
+
+def _check_topology(sharding: Mapping, env: DistributedEnv) -> None:
+    """A configured topology is for planning other clusters; training must match the job's."""
+    actual = {"world_size": env.world_size, "local_world_size": env.local_world_size, "compute_device": env.device.type}
+    for key, value in (sharding.get("topology") or {}).items():
+        if value is not None and value != actual[key]:
+            raise ValueError(
+                f"sharding.topology.{key}={value!r} but this job has {actual[key]!r}; leave it null to train "
+                "(set it only to plan for another cluster with launch/plan.py)"
+            )
+
+
+def plan_sharding(
+    module: nn.Module, env: DistributedEnv, sharding: Mapping, batch_size: int
+) -> Tuple[ShardingPlan, PlanEstimates]:
     """Plans on rank 0 and shares the plan, so every rank shards identically.
 
-    `storage_reservation` is the fraction of each device's memory kept back for the
-    dense tower, activations and the allocator.
+    The estimates are filled on rank 0 only (where the planner ran).
     """
-    planner = EmbeddingShardingPlanner(
-        topology=topology(env.world_size, env.local_world_size, env.device.type, memory_budget_gb),
-        batch_size=batch_size,
-        constraints=sharding_constraints(module, sharding_type, env.device.type),
-        storage_reservation=FixedPercentageStorageReservation(storage_reservation),
+    _check_topology(sharding, env)
+    planner, estimates = build_planner(
+        module, sharding, batch_size, env.world_size, env.local_world_size, env.device.type
     )
-    return planner.collective_plan(module, pg=dist.GroupMember.WORLD)
-
-
-def plan_rows(plan: ShardingPlan) -> List[dict]:
-    """One row per table: its shape, sharding type, kernel, ranks and bytes held per rank."""
-    rows = []
-    for module_path, module_plan in plan.plan.items():
-        for table, sharding in module_plan.items():
-            bytes_per_rank: Dict[int, int] = {}
-            if sharding.sharding_spec is None:
-                shape = None
-            else:
-                shards = sharding.sharding_spec.shards
-                shape = [
-                    max(s.shard_offsets[0] + s.shard_sizes[0] for s in shards),
-                    max(s.shard_offsets[1] + s.shard_sizes[1] for s in shards),
-                ]
-                for shard in shards:
-                    rank = shard.placement.rank()
-                    size = shard.shard_sizes[0] * shard.shard_sizes[1] * 4
-                    bytes_per_rank[rank] = bytes_per_rank.get(rank, 0) + size
-            rows.append(
-                {
-                    "module": module_path,
-                    "table": table,
-                    "shape": shape,
-                    "sharding_type": sharding.sharding_type,
-                    "compute_kernel": sharding.compute_kernel,
-                    "ranks": list(sharding.ranks or []),
-                    "bytes_per_rank": bytes_per_rank,
-                }
-            )
-    return rows
-
-
-def format_plan(rows: List[dict]) -> str:
-    """A short fixed-width table for the log."""
-    header = f"{'table':<16} {'rows x dim':>14} {'sharding':<18} {'kernel':<7} {'ranks':<10} bytes/rank"
-    lines = [header, "-" * len(header)]
-    for row in rows:
-        shape = "x".join(map(str, row["shape"])) if row["shape"] else "replicated"
-        per_rank = ", ".join(f"r{r}:{b / 2**20:.1f}MiB" for r, b in sorted(row["bytes_per_rank"].items()))
-        ranks = ",".join(map(str, row["ranks"])) or "all"
-        lines.append(
-            f"{row['table']:<16} {shape:>14} {row['sharding_type']:<18} {row['compute_kernel']:<7} {ranks:<10} {per_rank}"
-        )
-    return "\n".join(lines)
+    return planner.collective_plan(module, sharders(), pg=dist.GroupMember.WORLD), estimates

@@ -63,9 +63,14 @@ def init_distributed(backend: str = "auto") -> DistributedEnv:
     return DistributedEnv(rank, world_size, local_rank, local_world_size, device, backend)
 
 
-def shutdown() -> None:
+def shutdown(failed: bool = False) -> None:
     """Tears the group down explicitly: left to interpreter exit, a 2-rank TorchRec job can
-    abort with "terminate called without an active exception" and a non-zero status."""
+    abort with "terminate called without an active exception" and a non-zero status.
+
+    After a failure the barrier is skipped: the peers may be gone, and waiting for them
+    would only bury the real error under a second one.
+    """
     if dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()

@@ -5,8 +5,17 @@ import warnings
 from pathlib import Path
 
 
+def _not_data_parallel_table_warning(record: logging.LogRecord) -> bool:
+    # TorchRec warns once per data-parallel table that it has no sharding spec and no
+    # cache: both are true by design.
+    message = record.getMessage()
+    return not (message.startswith("Sharding spec not found") or message.endswith("caching params will be ignored"))
+
+
 def quiet_library_noise() -> None:
     """Silences warnings that libraries emit on every run and that a user cannot act on."""
+    logging.getLogger().addFilter(_not_data_parallel_table_warning)
+    logging.getLogger("torchrec.distributed.utils").addFilter(_not_data_parallel_table_warning)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\..*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torchrec\..*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"fbgemm_gpu\..*")

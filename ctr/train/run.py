@@ -10,7 +10,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -28,7 +28,11 @@ from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv, init_distributed, shutdown
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
-from ctr.train.loop import train
+from ctr.train.checkpoint import BEST, Checkpointer, best_value, latest
+from ctr.train.loop import Hooks, is_due, train
+from ctr.train.scalars import Scalars, peak_memory_per_rank
+from ctr.train.schedule import build_scheduler
+from ctr.train.validation import Validation
 from ctr.train.task import ClickTask
 
 log = logging.getLogger(__name__)
@@ -69,9 +73,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     quiet_library_noise()
     env = init_distributed(cfg.distributed.backend)
     try:
-        return _run(cfg, run_dir, env, job_start)
-    finally:
-        shutdown()
+        summary = _run(cfg, run_dir, env, job_start)
+    except BaseException:
+        shutdown(failed=True)
+        raise
+    shutdown()
+    return summary
 
 
 def run_worker(cfg_container: dict, run_dir: str) -> Dict[str, float]:
@@ -102,40 +109,96 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
 
     trainer = cfg.trainer
     steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
+    total_steps = steps_per_epoch * trainer.epochs
+    scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
-    def train_batches():
-        for _ in range(trainer.epochs):
-            for batch in batches(source, "train", trainer.batch_size, env.rank, env.world_size, drop_last=True):
-                yield hashing(batch)
+    ckpt = cfg.checkpoint
+    checkpointer = Checkpointer(Path(ckpt.dir) if ckpt.dir else run_dir / "checkpoints", ckpt.keep_last)
+    start_step = 0
+    resume_from = _resume_path(ckpt.resume, checkpointer.directory)
+    if resume_from is not None:
+        start_step = checkpointer.load(resume_from, model, optimizer, scheduler, weights_only=ckpt.weights_only)
 
+    scalars = Scalars(run_dir / "tensorboard", enabled=env.is_main and trainer.tensorboard)
+
+    def evaluate_split(split: str) -> Dict[str, float]:
+        return evaluate(model, source, split, hashing, env, trainer.eval_batch_size)
+
+    def save_best(step: int, metrics: Dict[str, float]) -> None:
+        checkpointer.save(step, model, optimizer, scheduler, name=BEST, info={"metric": trainer.best_metric, "value": metrics[trainer.best_metric]})
+
+    has_val = source.num_rows("val") > 0
+    validation = Validation(
+        lambda: evaluate_split("val"), trainer.best_metric, trainer.early_stopping_patience,
+        save_best if ckpt.keep_best else None, scalars, env.is_main, best=best_value(checkpointer.directory),
+    )
+    hooks = Hooks(
+        eval_every_steps=trainer.eval_every_steps if has_val else None,
+        on_eval=validation,
+        checkpoint_every_steps=ckpt.every_steps,
+        on_checkpoint=lambda step: checkpointer.save(step, model, optimizer, scheduler),
+    )
     result = train(
         model,
         optimizer,
-        prefetch(train_batches()),
+        prefetch(_train_batches(source, hashing, cfg, env, start_step, steps_per_epoch)),
         env,
-        num_steps=steps_per_epoch * trainer.epochs,
+        num_steps=total_steps,
         log_every_steps=trainer.log_every_steps,
         progress_bar=trainer.progress_bar,
         max_steps=trainer.max_steps,
+        start_step=start_step,
+        scheduler=scheduler,
+        hooks=hooks,
+        scalars=scalars,
     )
-    metrics = evaluate(model, source, "test", hashing, env, trainer.eval_batch_size)
-    val_metrics = evaluate(model, source, "val", hashing, env, trainer.eval_batch_size) if source.num_rows("val") else {}
+    if result.steps > start_step and not is_due(result.steps, ckpt.every_steps):
+        checkpointer.save(result.steps, model, optimizer, scheduler)
+    if has_val and not (result.stopped_early or is_due(result.steps, hooks.eval_every_steps)):
+        validation(result.steps)
+    metrics = evaluate_split("test")
+    memory = peak_memory_per_rank(env.device)
     summary = {
         **{f"test_{k}": v for k, v in metrics.items()},
-        **{f"val_{k}": v for k, v in val_metrics.items()},
+        **{f"val_{k}": v for k, v in validation.last.items()},
+        "best_val_" + trainer.best_metric: validation.best,
         "embedding_bytes": sum(sum(row["bytes_per_rank"].values()) for row in rows),
         "train_steps": result.steps,
+        "resumed_from_step": start_step,
+        "stopped_early": result.stopped_early,
         "train_samples": result.samples,
         "train_seconds": result.seconds,
         "train_samples_per_second": result.samples_per_second,
-        "seconds_to_first_step": result.first_step_finished_at - job_start,
+        "seconds_to_first_step": result.first_step_finished_at - job_start if result.losses else None,
+        "peak_memory_bytes_per_rank": memory,
         "world_size": env.world_size,
     }
+    scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
+    scalars.close()
     if env.is_main:
         log.info(
-            "test AUC %.4f (teacher %.4f)  log-loss %.4f  |  %d steps, %.0f samples/s",
+            "test AUC %.4f (teacher %.4f)  log-loss %.4f  NE %.4f  calibration %.3f  |  %d steps, %.0f samples/s",
             metrics["auc"], metrics.get("teacher_auc", float("nan")), metrics["log_loss"],
-            result.steps, result.samples_per_second,
+            metrics["normalized_entropy"], metrics["calibration"], result.steps, result.samples_per_second,
         )
         _write_json(run_dir / "metrics.json", summary)
     return summary
+
+
+def _resume_path(resume: str, directory: Path) -> Optional[Path]:
+    """`checkpoint.resume`: auto (latest complete checkpoint in `directory`, if any), none, or a path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return latest(directory)
+    return Path(resume)
+
+
+def _train_batches(source, hashing, cfg: DictConfig, env: DistributedEnv, start_step: int, steps_per_epoch: int):
+    """Training batches from global step `start_step` on, across epochs."""
+    trainer = cfg.trainer
+    first_epoch, offset = divmod(start_step, steps_per_epoch) if steps_per_epoch else (0, 0)
+    for epoch in range(first_epoch, trainer.epochs):
+        skip = offset if epoch == first_epoch else 0
+        for batch in batches(source, "train", trainer.batch_size, env.rank, env.world_size, True, start_step=skip):
+            yield hashing(batch)

@@ -1,0 +1,186 @@
+"""The RowSource that streams preprocessed shards (layout: `ctr.data.shard_format`).
+
+Columns are memory-mapped: a batch reads only its rows, and the OS page cache, not the
+process, holds the data set. Shards never span input files, so a split can be cut by
+Criteo day as well as by row ratios.
+"""
+
+import functools
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from ctr.data.rows import Rows
+from ctr.data.shard_format import InvalidShardDirectory, data_sha256, read_meta, shard_file
+
+SPLITS = ("train", "val", "test")
+_OPEN_SHARDS = 64
+
+
+class ShardSource:
+    """RowSource over a shard directory, with train/val/test cut by ratios or by Criteo day.
+
+    The train split is shuffled within consecutive windows of `shuffle_buffer` rows by a
+    permutation seeded by (seed, window), so every rank computes the same order without
+    talking to the others and ranks' row ranges stay disjoint. The order is the same every
+    epoch. A window is read sequentially and held in memory while its rows are served
+    (about 270 bytes per row for Criteo). val and test keep file order.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split_by: str = "ratio",
+        train_ratio: float = 0.8,
+        val_ratio: float = 0.1,
+        train_days: Sequence[int] = tuple(range(23)),
+        val_days: Sequence[int] = (),
+        test_days: Sequence[int] = (23,),
+        shuffle_buffer: int = 65536,
+        seed: int = 0,
+        verify_checksums: bool = False,
+    ) -> None:
+        self._directory = Path(path)
+        meta = read_meta(self._directory)
+        self.meta = meta
+        self.dense_names: List[str] = list(meta["dense"])
+        self.sparse_names: List[str] = list(meta["sparse"])
+        self._columns = tuple(meta["columns"])
+        self._shard_rows = {s["index"]: s["rows"] for s in meta["shards"]}
+        # Per instance, so a directory rewritten since is never read through stale maps.
+        self._open_shard = functools.lru_cache(maxsize=_OPEN_SHARDS)(self._map_shard)
+        self._window = functools.lru_cache(maxsize=2)(self._read_window)
+        if verify_checksums:
+            self._verify(meta)
+        if split_by == "ratio":
+            self._segments = _ratio_segments(meta["shards"], train_ratio, val_ratio)
+        elif split_by == "day":
+            self._segments = _day_segments(meta["shards"], {"train": train_days, "val": val_days, "test": test_days}, path)
+        else:
+            raise ValueError(f"data.split_by={split_by!r}: expected 'ratio' or 'day'")
+        if shuffle_buffer < 0:
+            raise ValueError(f"data.shuffle_buffer={shuffle_buffer}: expected >= 0 (0: no shuffling)")
+        self._shuffle_buffer = shuffle_buffer
+        self._seed = seed
+
+    def num_rows(self, split: str) -> int:
+        if split not in self._segments:
+            raise KeyError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        return int(self._segments[split][2][-1])
+
+    def rows(self, split: str, start: int, stop: int) -> Rows:
+        """Rows [start, stop) of `split` in its (shuffled, for train) order."""
+        if not 0 <= start <= stop <= self.num_rows(split):
+            raise IndexError(f"rows [{start}, {stop}) outside split {split!r} of {self.num_rows(split)} rows")
+        if split != "train" or not self._shuffle_buffer or start == stop:
+            return self._gather(split, np.arange(start, stop, dtype=np.int64))
+        buffer = self._shuffle_buffer
+        pieces = []
+        for window in range(start // buffer, (stop - 1) // buffer + 1):
+            rows, permutation = self._window(window)
+            base = window * buffer
+            picked = permutation[max(start, base) - base : min(stop, base + len(permutation)) - base]
+            pieces.append((rows.dense[picked], rows.ids[picked], rows.labels[picked]))
+        dense, ids, labels = (np.concatenate(parts) for parts in zip(*pieces))
+        return Rows(dense=dense, ids=ids, labels=labels)
+
+    def _read_window(self, window: int) -> Tuple[Rows, np.ndarray]:
+        """A window of train rows, read in one sequential pass, and its seeded permutation."""
+        base = window * self._shuffle_buffer
+        size = min(self._shuffle_buffer, self.num_rows("train") - base)
+        permutation = np.random.default_rng([self._seed, window]).permutation(size)
+        return self._gather("train", np.arange(base, base + size, dtype=np.int64)), permutation
+
+    def _gather(self, split: str, positions: np.ndarray) -> Rows:
+        shards, firsts, offsets = self._segments[split]
+        segment = np.searchsorted(offsets, positions, side="right") - 1
+        n = len(positions)
+        dense = np.empty((n, len(self.dense_names)), np.float32)
+        ids = np.empty((n, len(self.sparse_names)), np.int64)
+        labels = np.empty(n, np.float32)
+        for s in np.unique(segment):
+            mask = segment == s
+            local = _as_slice(positions[mask] - offsets[s] + firsts[s])
+            maps = self._open_shard(int(shards[s]))
+            labels[mask] = maps["label"][local]
+            for j, name in enumerate(self.dense_names):
+                dense[mask, j] = maps[name][local]
+            for j, name in enumerate(self.sparse_names):
+                ids[mask, j] = maps[name][local]
+        return Rows(dense=dense, ids=ids, labels=labels)
+
+    def _map_shard(self, shard: int) -> Dict[str, np.ndarray]:
+        """Memory maps of one shard's columns; a bounded cache keeps the number of maps small."""
+        maps = {c: np.load(shard_file(self._directory, shard, c), mmap_mode="r") for c in self._columns}
+        for column, array in maps.items():
+            if len(array) != self._shard_rows[shard]:
+                raise InvalidShardDirectory(
+                    f"{shard_file(self._directory, shard, column)} has {len(array)} rows, "
+                    f"meta.json says {self._shard_rows[shard]}"
+                )
+        return maps
+
+    def _verify(self, meta: dict) -> None:
+        for shard in meta["shards"]:
+            for column, expected in shard["sha256"].items():
+                path = shard_file(self._directory, shard["index"], column)
+                if data_sha256(np.load(path, mmap_mode="r")) != expected:
+                    raise InvalidShardDirectory(f"{path}: checksum differs from meta.json; the shard is corrupted")
+
+
+def _as_slice(local: np.ndarray):
+    """A slice where the rows are consecutive (unshuffled reads), so memmaps copy one block."""
+    if len(local) and local[-1] - local[0] == len(local) - 1 and np.all(np.diff(local) == 1):
+        return slice(int(local[0]), int(local[-1]) + 1)
+    return local
+
+
+Segments = Tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _segments(pieces: List[Tuple[int, int, int]]) -> Segments:
+    """(shard, first row, stop row) pieces → (shards, first rows, cumulative split offsets)."""
+    shards = np.array([p[0] for p in pieces], np.int64)
+    firsts = np.array([p[1] for p in pieces], np.int64)
+    offsets = np.concatenate([[0], np.cumsum([p[2] - p[1] for p in pieces])]).astype(np.int64)
+    return shards, firsts, offsets
+
+
+def _ratio_segments(shards: List[dict], train_ratio: float, val_ratio: float) -> Dict[str, Segments]:
+    """Consecutive row ranges of the whole data in file order: train, then val, then test."""
+    if not (0 <= train_ratio and 0 <= val_ratio and train_ratio + val_ratio <= 1):
+        raise ValueError(f"data.train_ratio={train_ratio}, data.val_ratio={val_ratio}: need both >= 0 and sum <= 1")
+    total = sum(s["rows"] for s in shards)
+    n_train = int(total * train_ratio)
+    n_val = int(total * val_ratio)
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, total)}
+    result = {}
+    for split, (lo, hi) in bounds.items():
+        pieces, start = [], 0
+        for shard in shards:
+            first, stop = max(lo - start, 0), min(hi - start, shard["rows"])
+            if first < stop:
+                pieces.append((shard["index"], first, stop))
+            start += shard["rows"]
+        result[split] = _segments(pieces)
+    return result
+
+
+def _day_segments(shards: List[dict], days: Dict[str, Sequence[int]], path: str) -> Dict[str, Segments]:
+    """Each split is the listed days' shards, in day order."""
+    present = sorted({s["day"] for s in shards if s["day"] is not None})
+    if not present:
+        raise ValueError(f"data.split_by=day, but {path} was not made from day_N files; use split_by=ratio")
+    listed = [day for chosen in days.values() for day in chosen]
+    if len(listed) != len(set(listed)):
+        raise ValueError(f"data.train_days, val_days and test_days overlap: {dict(days)}")
+    result = {}
+    for split, chosen in days.items():
+        missing = sorted(set(chosen) - set(present))
+        if missing:
+            raise ValueError(f"data.{split}_days names days {missing} that {path} does not hold (it has {present})")
+        pieces = [(s["index"], 0, s["rows"]) for day in chosen for s in shards if s["day"] == day]
+        result[split] = _segments(pieces)
+    return result
+

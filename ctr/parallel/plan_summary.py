@@ -1,0 +1,183 @@
+"""A sharding plan for people: a short table for the log and a JSON report for the run dir.
+
+The table rows come from the `ShardingPlan` (which rank holds which part of each table);
+the per-rank memory and perf figures are the planner's own estimates, which TorchRec's
+planner only logs and `PlanEstimates` keeps.
+"""
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+from torchrec.distributed.planner.types import Perf, Stats, Topology
+from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, data_type_to_dtype
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+GIB = 1024**3
+# Above this many ranks the log shows the spread of the estimates, not one line per rank.
+MAX_RANK_LINES = 16
+
+
+class PlanEstimates(Stats):
+    """Keeps the planner's per-rank estimates of the plan it chose (a TorchRec `Stats`).
+
+    `ranks[r]` holds the bytes the planner charged rank r in HBM and host memory (table
+    shards, optimizer state, input/output buffers), the rank's capacity, and its estimate
+    of one step's embedding work in ms (forward/backward compute and comms).
+    Empty until the planner has found a plan.
+    """
+
+    def __init__(self) -> None:
+        self.ranks: List[dict] = []
+        self.planner: Dict[str, object] = {}
+
+    def log(
+        self,
+        sharding_plan: ShardingPlan,
+        topology: Topology,
+        batch_size: int,
+        storage_reservation: object,
+        num_proposals: int,
+        num_plans: int,
+        run_time: float,
+        best_plan: list,
+        **_: object,
+    ) -> None:
+        if not sharding_plan.plan:
+            return  # TorchRec calls this on failure too, with an empty plan
+        used = [[0, 0] for _ in range(topology.world_size)]
+        perf = [Perf(0.0, 0.0, 0.0, 0.0) for _ in range(topology.world_size)]
+        for option in best_plan:
+            for shard in option.shards:
+                used[shard.rank][0] += shard.storage.hbm
+                used[shard.rank][1] += shard.storage.ddr
+                perf[shard.rank] += shard.perf
+        self.ranks = [
+            {
+                "rank": rank,
+                "hbm_bytes": hbm,
+                "ddr_bytes": ddr,
+                "hbm_capacity_bytes": device.storage.hbm,
+                "ddr_capacity_bytes": device.storage.ddr,
+                "perf_ms": {
+                    "total": p.total, "fwd_compute": p.fwd_compute, "fwd_comms": p.fwd_comms,
+                    "bwd_compute": p.bwd_compute, "bwd_comms": p.bwd_comms,
+                },
+            }
+            for rank, ((hbm, ddr), p, device) in enumerate(zip(used, perf, topology.devices))
+        ]
+        self.planner = {
+            "world_size": topology.world_size,
+            "local_world_size": topology.local_world_size,
+            "compute_device": topology.compute_device,
+            "batch_size_per_rank": batch_size,
+            "proposals": num_proposals,
+            "plans": num_plans,
+            "seconds": run_time,
+            "slowest_rank_perf_ms": max(p.total for p in perf),
+        }
+
+
+def embedding_tables(module: nn.Module) -> List[EmbeddingBagConfig]:
+    return [
+        table
+        for submodule in module.modules()
+        if isinstance(submodule, EmbeddingBagCollection)
+        for table in submodule.embedding_bag_configs()
+    ]
+
+
+def element_size(table: EmbeddingBagConfig) -> int:
+    return torch.empty((), dtype=data_type_to_dtype(table.data_type)).element_size()
+
+
+def plan_rows(plan: ShardingPlan, module: nn.Module) -> List[dict]:
+    """One row per table: its shape, sharding type, kernel, ranks and weight bytes per rank."""
+    tables = {table.name: table for table in embedding_tables(module)}
+    rows = []
+    for module_path, module_plan in plan.plan.items():
+        for name, sharding in module_plan.items():
+            table = tables[name]
+            item = element_size(table)
+            ranks = list(sharding.ranks or [])
+            if sharding.sharding_spec is None:  # data-parallel: the whole table on every rank
+                shards = [(rank, table.num_embeddings * table.embedding_dim) for rank in ranks]
+            else:
+                shards = [
+                    (s.placement.rank(), s.shard_sizes[0] * s.shard_sizes[1]) for s in sharding.sharding_spec.shards
+                ]
+            bytes_per_rank: Dict[int, int] = {}
+            for rank, numel in shards:
+                bytes_per_rank[rank] = bytes_per_rank.get(rank, 0) + numel * item
+            rows.append(
+                {
+                    "module": module_path,
+                    "table": name,
+                    "shape": [table.num_embeddings, table.embedding_dim],
+                    "sharding_type": sharding.sharding_type,
+                    "compute_kernel": sharding.compute_kernel,
+                    "ranks": ranks,
+                    "bytes_per_rank": bytes_per_rank,
+                }
+            )
+    return rows
+
+
+def _bytes(n: float) -> str:
+    for unit, size in (("GiB", GIB), ("MiB", 2**20)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n / 1024:.1f}KiB"
+
+
+def _ranks(ranks: List[int]) -> str:
+    """0,1,2,3 → 0-3: a 64-rank table should not take a screen."""
+    if len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1)):
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ",".join(map(str, ranks))
+
+
+def format_plan(rows: List[dict]) -> str:
+    """A short fixed-width table for the log."""
+    header = f"{'table':<16} {'rows x dim':>14} {'sharding':<18} {'kernel':<17} {'ranks':<10} bytes/rank"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        sizes = set(row["bytes_per_rank"].values())
+        per_rank = _bytes(max(sizes)) if len(sizes) == 1 else f"up to {_bytes(max(sizes))}"
+        lines.append(
+            f"{row['table']:<16} {'x'.join(map(str, row['shape'])):>14} {row['sharding_type']:<18} "
+            f"{row['compute_kernel']:<17} {_ranks(row['ranks']):<10} {per_rank}"
+        )
+    return "\n".join(lines)
+
+
+def format_estimates(estimates: PlanEstimates) -> str:
+    """The planner's per-rank memory and step-time estimates (a spread when there are many ranks)."""
+    if not estimates.ranks:
+        return "planner estimates: none (the planner ran on another rank)"
+    memory = "hbm" if estimates.planner["compute_device"] == "cuda" else "ddr"
+
+    def line(r: dict) -> str:
+        p = r["perf_ms"]
+        host = f", ddr {_bytes(r['ddr_bytes'])} of {_bytes(r['ddr_capacity_bytes'])}" if memory == "hbm" else ""
+        return (
+            f"rank {r['rank']:>3}: {memory} {_bytes(r[f'{memory}_bytes']):>10} "
+            f"of {_bytes(r[f'{memory}_capacity_bytes'])}{host}  step {p['total']:.3f} ms (fwd {p['fwd_compute']:.3f}+{p['fwd_comms']:.3f} comms,"
+            f" bwd {p['bwd_compute']:.3f}+{p['bwd_comms']:.3f} comms)"
+        )
+
+    ranks = estimates.ranks
+    by_memory = sorted(ranks, key=lambda r: r[f"{memory}_bytes"])
+    shown = ranks if len(ranks) <= MAX_RANK_LINES else [by_memory[0], by_memory[len(ranks) // 2], by_memory[-1]]
+    head = (
+        f"planner estimates per rank ({len(ranks)} ranks"
+        + ("" if shown is ranks else "; least, median and most memory shown")
+        + f"), embedding step of the slowest rank {estimates.planner['slowest_rank_perf_ms']:.3f} ms:"
+    )
+    return "\n".join([head, *map(line, shown)])
+
+
+def plan_report(plan: ShardingPlan, rows: List[dict], estimates: PlanEstimates) -> dict:
+    """The JSON written beside a run: table rows, the planner's estimates, TorchRec's plan."""
+    return {"tables": rows, "ranks": estimates.ranks, "planner": estimates.planner, "plan": str(plan)}
