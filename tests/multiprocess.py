@@ -1,26 +1,29 @@
 """Runs a function on N local ranks (gloo, CPU), the way torchrun would, for tests."""
 
 import os
-import socket
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Tuple
 
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from ctr.parallel.process_group import INIT_METHOD_ENV
 
 
-def _entry(rank: int, fn: Callable, world_size: int, port: int, args: Tuple[Any, ...]) -> None:
+def _entry(rank: int, fn: Callable, world_size: int, init_method: str, args: Tuple[Any, ...]) -> None:
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
     )
+    os.environ[INIT_METHOD_ENV] = init_method
     fn(*args)
 
 
 def run_ranks(fn: Callable, world_size: int, *args: Any) -> None:
-    """Calls fn(*args) on each of `world_size` spawned ranks; re-raises any rank's failure."""
-    mp.start_processes(_entry, args=(fn, world_size, _free_port(), args), nprocs=world_size, start_method="spawn")
+    """Calls fn(*args) on each of `world_size` spawned ranks; re-raises any rank's failure.
+
+    The ranks meet through a fresh file rendezvous, not a TCP port: a port picked free
+    can be taken by another process before rank 0 binds it, which made tests flaky.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        init_method = f"file://{Path(scratch) / 'rendezvous'}"
+        mp.start_processes(_entry, args=(fn, world_size, init_method, args), nprocs=world_size, start_method="spawn")

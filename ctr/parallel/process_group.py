@@ -3,9 +3,14 @@
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+
+INIT_METHOD_ENV = "CTR_INIT_METHOD"
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,26 @@ def resolve_backend(requested: str) -> str:
     return requested
 
 
+def _restart_scoped_agent_store(world_size: int) -> Optional[dist.Store]:
+    """Under torchrun, the agent's store with keys scoped to this restart attempt.
+
+    After `torchrun --max-restarts` restarts a failed job, the new ranks meet in the same
+    agent store as the dead ones; without a per-attempt scope, gloo could read a dead
+    rank's address and hang connecting to it (seen here in about half of the restarts).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+        timeout=timedelta(minutes=5),
+    )
+    return dist.PrefixStore(f"ctr/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
+
+
 def init_distributed(backend: str = "auto") -> DistributedEnv:
     """Reads the rank from torchrun's environment; a plain single process becomes rank 0 of 1.
+
+    The rendezvous is torchrun's (env://) unless CTR_INIT_METHOD names another.
 
     One GPU per rank (cuda:LOCAL_RANK) with NCCL; the CPU with gloo.
     """
@@ -59,7 +82,13 @@ def init_distributed(backend: str = "auto") -> DistributedEnv:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        store = _restart_scoped_agent_store(world_size)
+        if store is not None:
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
+        else:
+            # e.g. file:///shared/fs/rendezvous: no port to pick, so no race for one
+            init_method = os.environ.get(INIT_METHOD_ENV, "env://")
+            dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
     return DistributedEnv(rank, world_size, local_rank, local_world_size, device, backend)
 
 

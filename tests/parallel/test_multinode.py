@@ -12,7 +12,6 @@ from hydra.utils import instantiate
 
 from ctr.config import register_configs
 from tests.hydra_config import CONFIGS, TINY
-from tests.multiprocess import _free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -29,9 +28,8 @@ def test_two_nodes_on_loopback_train_like_one_node(tmp_path):
     # first: an agent hosting it exits when its own rank is done, and the other agent's
     # next poll of the store then fails a job that has succeeded (a torchrun teardown
     # race; both agents fall back to being clients of a store that is already there).
-    port = _free_port()
-    store = TCPStore("localhost", port, is_master=True, wait_for_workers=False)
-    endpoint = f"localhost:{port}"
+    store = TCPStore("localhost", 0, is_master=True, wait_for_workers=False)  # port 0: the OS picks, no race
+    endpoint = f"localhost:{store.port}"
     nodes_dir, node_dir = tmp_path / "two_nodes", tmp_path / "one_node"
     node = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d",
             "--rdzv-endpoint", endpoint, "--rdzv-id", "ctr-test", "launch/train.py", *JOB, f"hydra.run.dir={nodes_dir}"]
