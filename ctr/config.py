@@ -13,6 +13,8 @@ import time
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from ctr.data.schema import SchemaConfig
+
 
 @dataclass
 class SyntheticDataConfig:
@@ -48,8 +50,22 @@ class CriteoDataConfig:
 
 
 @dataclass
+class CsvDataConfig:
+    """`configs/data/<name>.yaml` for a delimited data set: its `schema` (`ctr.data.schema`), and
+    the shards at `path` that `launch/preprocess.py data=<name>` writes from it and training reads."""
+
+    _target_: str = "ctr.data.tabular.csv_shards"
+    path: str = MISSING
+    schema: SchemaConfig = field(default_factory=SchemaConfig)
+    shuffle_buffer: int = 65536
+    seed: int = 0
+    verify_checksums: bool = False
+
+
+@dataclass
 class PreprocessConfig:
-    """`configs/preprocess.yaml`: one pass from Criteo TSV files to columnar shards."""
+    """`configs/preprocess.yaml`: one pass from Criteo TSV files to columnar shards, or, with
+    `data=<name>` (a CSV data set), from the files its schema describes to `data.path`."""
 
     _target_: str = "ctr.data.preprocess.preprocess"
     input: str = MISSING
@@ -62,6 +78,28 @@ class PreprocessConfig:
     chunk_rows: int = 16_384
     overwrite: bool = False
     progress_bar: bool = True
+    data: Optional[CsvDataConfig] = None
+
+
+@dataclass
+class ExportConfig:
+    """`configs/export.yaml`: a trained run's model with int8/int4 row-wise tables, for inference."""
+
+    run_dir: str = MISSING
+    checkpoint: Optional[str] = None
+    precision: str = "int8"
+    output: Optional[str] = None
+
+
+@dataclass
+class EvaluateConfig:
+    """`configs/evaluate.yaml`: scores a split with a trained run's checkpoint or an exported model."""
+
+    run_dir: Optional[str] = None
+    checkpoint: Optional[str] = None
+    exported: Optional[str] = None
+    split: str = "test"
+    batch_size: int = 8192
 
 
 @dataclass
@@ -74,13 +112,60 @@ class DeepCrossingConfig:
 
 
 @dataclass
-class EmbeddingConfig:
-    """`configs/embedding/*.yaml`: table rows and vector width, globally or per feature."""
+class ModuloHashingConfig:
+    """`configs/embedding/hashing/modulo.yaml`: row = id mod the feature's table size."""
 
+    _target_: str = "ctr.features.hashing.ModuloHashing"
+
+
+@dataclass
+class QRHashingConfig:
+    """`configs/embedding/hashing/qr.yaml`: quotient and remainder tables, combined by sum or product."""
+
+    _target_: str = "ctr.features.qr.QRHashing"
+    remainder_rows: Optional[int] = None
+    combine: str = "sum"
+
+
+@dataclass
+class VocabHashingConfig:
+    """`configs/embedding/hashing/vocab.yaml`: ids seen `min_count` times get a row, others share one."""
+
+    _target_: str = "ctr.features.vocab.VocabHashing"
+    min_count: int = 2
+    sample_rows: int = 1_000_000
+
+
+@dataclass
+class DimRuleConfig:
+    """`embedding.dim_rule`: dim = round4(k · cardinality^¼) clipped to [min, max]; k null: off."""
+
+    k: Optional[float] = None
+    min: int = 4
+    max: int = 128
+
+
+@dataclass
+class EmbeddingConfig:
+    """`configs/embedding/*.yaml`: hashing (`embedding/hashing=modulo|qr|vocab`), table rows,
+    vector width (global, rule, per feature) and storage precision (fp32, fp16)."""
+
+    hashing: Any = MISSING
     dim: int = 16
     num_embeddings: int = 100_000
     num_embeddings_per_feature: Dict[str, int] = field(default_factory=dict)
     dim_per_feature: Dict[str, int] = field(default_factory=dict)
+    dim_rule: DimRuleConfig = field(default_factory=DimRuleConfig)
+    precision: str = "fp32"
+
+
+@dataclass
+class CommsConfig:
+    """`configs/comms/*.yaml`: precision of the pooled embeddings (forward) and their gradients
+    (backward) sent between ranks (TorchRec qcomms): fp32, fp16, bf16, fp8 or int8."""
+
+    forward_precision: str = "fp32"
+    backward_precision: str = "fp32"
 
 
 @dataclass
@@ -217,6 +302,7 @@ class Config:
     data: Any = MISSING
     model: Any = MISSING
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    comms: CommsConfig = field(default_factory=CommsConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -249,5 +335,10 @@ def register_configs() -> None:
     )
     store.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
     store.store(group="data", name="criteo_schema", node=CriteoDataConfig)
+    store.store(group="data", name="csv_schema", node=CsvDataConfig)
     store.store(name="preprocess_schema", node=PreprocessConfig)
+    store.store(name="export_schema", node=ExportConfig)
+    store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)
+    for name, node in (("modulo", ModuloHashingConfig), ("qr", QRHashingConfig), ("vocab", VocabHashingConfig)):
+        store.store(group="embedding/hashing", name=f"{name}_schema", node=node)

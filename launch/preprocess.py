@@ -1,6 +1,11 @@
-"""Preprocesses Criteo TSV into shards: `python launch/preprocess.py input=<path> output=<dir> [on_bad_row=skip]`.
+"""Preprocesses raw data into shards.
 
-Also callable from Python as `ctr.data.preprocess.preprocess(input, output, ...)`.
+Criteo TSV: `python launch/preprocess.py input=<path> output=<dir> [on_bad_row=skip]`.
+A CSV data set described by a schema: `python launch/preprocess.py data=<name>` (e.g.
+`data=movielens100k`), which writes to that data config's `path`.
+
+Also callable from Python as `ctr.data.preprocess.preprocess(input, output, ...)` and
+`ctr.data.tabular.preprocess_csv(schema, output, ...)`.
 """
 
 import hydra
@@ -8,13 +13,18 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from ctr.config import register_configs
+from ctr.data.tabular import preprocess_csv
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="preprocess")
 def main(cfg: DictConfig) -> None:
-    instantiate(cfg, _convert_="all")
+    if cfg.data is None:
+        instantiate({k: v for k, v in cfg.items() if k != "data"}, _convert_="all")
+        return
+    preprocess_csv(cfg.data.schema, cfg.data.path, on_bad_row=cfg.on_bad_row, shard_rows=cfg.shard_rows,
+                   chunk_rows=cfg.chunk_rows, overwrite=cfg.overwrite, progress_bar=cfg.progress_bar)
 
 
 if __name__ == "__main__":

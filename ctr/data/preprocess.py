@@ -1,5 +1,8 @@
 """One streaming pass from Criteo TSV to columnar shards (see `ctr.data.shards` for the layout).
 
+The output side (`prepare_output`, `ShardState`, `ShardWriter`, `write_atomic`) also serves
+the CSV sources (`ctr.data.tabular`).
+
 Memory stays bounded by one shard's rows (about 270 B × `shard_rows`) plus one block of
 lines being parsed (about 4 KB × `chunk_rows`), whatever the input size. Every file is written under a temporary name
 and renamed when complete; after each shard the position in the input and the running
@@ -16,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -58,27 +61,29 @@ def preprocess(
     dense, sparse = criteo.check_columns(dense_columns, sparse_columns)
     files = criteo.discover(Path(input))
     settings = {"on_bad_row": on_bad_row, "log1p": log1p, "dense": dense, "sparse": sparse, "shard_rows": shard_rows}
-    fingerprint = _fingerprint(files, settings)
+    fingerprint = input_fingerprint([f.path for f in files], settings)
     out = Path(output)
-    done = _prepare_output(out, fingerprint, overwrite)
+    done = prepare_output(out, fingerprint, overwrite)
     if done is not None:
         log.info("%s already holds these shards (%d rows); nothing to do", out, done["num_rows"])
         return done
 
-    state = _State.load(out, fingerprint, len(dense), len(sparse))
+    state = ShardState.load(out, fingerprint, len(dense), len(sparse))
     if state.rows:
         log.info("resuming %s after %d rows in %d shards", out, state.rows, len(state.shards))
-    writer = _ShardWriter(out, dense, sparse, shard_rows, state)
+    writer = ShardWriter(out, ["label", *dense, *sparse], shard_rows, state)
+    dense_index = [criteo.DENSE.index(name) for name in dense]
+    sparse_index = [criteo.SPARSE.index(name) for name in sparse]
     started, rows_before = time.perf_counter(), state.rows
     bar = tqdm(initial=state.rows, unit=" rows", unit_scale=True, disable=not progress_bar, desc="preprocess")
     for file_index in range(state.file_index, len(files)):
         file = files[file_index]
         for parsed in _read_file(file, state, chunk_rows, writer.room, log1p, on_bad_row):
-            writer.add(parsed)
+            writer.add(_criteo_columns(parsed, dense, sparse, dense_index, sparse_index, state))
             bar.update(len(parsed.labels))
             if not writer.room():
-                writer.flush(file)
-        writer.flush(file)
+                writer.flush(file.path.name, file.day)
+        writer.flush(file.path.name, file.day)
         state.next_file()
         state.save(out)
     bar.close()
@@ -88,19 +93,19 @@ def preprocess(
     meta = _meta(input, files, fingerprint, settings, state, dense, sparse)
     meta["last_run"] = {"rows": state.rows - rows_before, "seconds": round(seconds, 3),
                         "rows_per_second": round((state.rows - rows_before) / max(seconds, 1e-9))}
-    _write_atomic(out / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    write_atomic(out / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     _log_summary(out, meta)
     return meta
 
 
-def _fingerprint(files: Sequence[criteo.CriteoFile], settings: dict) -> str:
+def input_fingerprint(paths: Sequence[Path], settings: dict) -> str:
     """Identifies the input files (name, size, mtime) and every setting that changes the output."""
-    listing = [(str(f.path.resolve()), f.path.stat().st_size, f.path.stat().st_mtime_ns) for f in files]
+    listing = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     return hashlib.sha256(json.dumps([FORMAT, listing, settings]).encode()).hexdigest()
 
 
-def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> Optional[dict]:
+def prepare_output(out: Path, fingerprint: str, overwrite: bool) -> Optional[dict]:
     """Returns the existing meta when `out` is already complete for this input; else readies `out`."""
     if overwrite and out.exists():
         # meta.json goes first, so the directory is invalid while anything else is removed.
@@ -127,7 +132,7 @@ def _prepare_output(out: Path, fingerprint: str, overwrite: bool) -> Optional[di
 
 
 @dataclass
-class _State:
+class ShardState:
     """Everything needed to continue: the input position, the shards written, the running statistics."""
 
     fingerprint: str
@@ -160,7 +165,7 @@ class _State:
                 "missing", "negative", "raw_max", "dense_sum")
 
     @classmethod
-    def load(cls, out: Path, fingerprint: str, num_dense: int, num_sparse: int) -> "_State":
+    def load(cls, out: Path, fingerprint: str, num_dense: int, num_sparse: int) -> "ShardState":
         state = cls(fingerprint, num_dense, num_sparse)
         path = out / PROGRESS_FILE
         if path.exists():
@@ -174,7 +179,7 @@ class _State:
     def save(self, out: Path) -> None:
         scalars = json.dumps({name: getattr(self, name) for name in self._SCALARS})
         arrays = {f"heavy_{k}": v for k, v in self.heavy.state().items()}
-        _write_atomic(
+        write_atomic(
             out / PROGRESS_FILE,
             lambda f: np.savez(f, fingerprint=self.fingerprint, scalars=scalars, hll=self.hll.registers, **arrays),
         )
@@ -188,7 +193,7 @@ class _State:
             self.examples.append(f"{path}:{bad.line}: {bad.message}")
 
 
-def _read_file(file: criteo.CriteoFile, state: _State, chunk_rows: int, room: Callable[[], int],
+def _read_file(file: criteo.CriteoFile, state: ShardState, chunk_rows: int, room: Callable[[], int],
                log1p: bool, on_bad_row: str):
     """Yields parsed blocks from the saved position, enforcing the bad-row policy.
 
@@ -214,58 +219,66 @@ def _read_file(file: criteo.CriteoFile, state: _State, chunk_rows: int, room: Ca
                 return
 
 
-class _ShardWriter:
-    """Buffers the kept columns of up to `shard_rows` rows; writes them as one shard and saves the state."""
+def _criteo_columns(parsed: criteo.ParsedLines, dense: List[str], sparse: List[str], dense_index: List[int],
+                    sparse_index: List[int], state: ShardState) -> Dict[str, np.ndarray]:
+    """The kept columns of parsed Criteo lines, by name; adds their Criteo statistics to `state`."""
+    dense_values = parsed.dense[:, dense_index]
+    ids = parsed.ids[:, sparse_index]
+    missing = np.concatenate([parsed.missing[dense_index],
+                              parsed.missing[len(criteo.DENSE) + np.array(sparse_index, dtype=np.int64)]])
+    state.missing = (np.array(state.missing) + missing).tolist()
+    state.negative = (np.array(state.negative) + parsed.negative[dense_index]).tolist()
+    state.raw_max = np.maximum(state.raw_max, parsed.raw_max[dense_index]).tolist()
+    state.dense_sum = (np.array(state.dense_sum) + dense_values.sum(0, dtype=np.float64)).tolist()
+    state.hll.update(ids)
+    state.heavy.update(ids)
+    return {"label": parsed.labels, **{n: dense_values[:, j] for j, n in enumerate(dense)},
+            **{n: ids[:, j] for j, n in enumerate(sparse)}}
 
-    def __init__(self, out: Path, dense: List[str], sparse: List[str], shard_rows: int, state: _State) -> None:
-        self._out, self._dense, self._sparse, self._shard_rows, self._state = out, dense, sparse, shard_rows, state
-        self._dense_index = [criteo.DENSE.index(name) for name in dense]
-        self._sparse_index = [criteo.SPARSE.index(name) for name in sparse]
-        self._blocks: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+class ShardWriter:
+    """Buffers up to `shard_rows` rows of the named columns; writes them as one shard and saves the state.
+
+    `split` tags every shard it writes, for sources whose preprocessing decides the split.
+    """
+
+    def __init__(self, out: Path, columns: List[str], shard_rows: int, state: ShardState,
+                 split: Optional[str] = None) -> None:
+        self._out, self._columns, self._shard_rows, self._state = out, columns, shard_rows, state
+        self._split = split
+        self._blocks: List[Dict[str, np.ndarray]] = []
 
     def room(self) -> int:
-        return self._shard_rows - sum(len(block[2]) for block in self._blocks)
+        return self._shard_rows - sum(len(block["label"]) for block in self._blocks)
 
-    def add(self, parsed: criteo.ParsedLines) -> None:
-        dense = parsed.dense[:, self._dense_index]
-        ids = parsed.ids[:, self._sparse_index]
-        self._blocks.append((dense, ids, parsed.labels))
-        state = self._state
-        state.rows += len(parsed.labels)
-        state.positives += int(parsed.labels.sum())
-        missing = np.concatenate([parsed.missing[self._dense_index],
-                                  parsed.missing[len(criteo.DENSE) + np.array(self._sparse_index, dtype=np.int64)]])
-        state.missing = (np.array(state.missing) + missing).tolist()
-        state.negative = (np.array(state.negative) + parsed.negative[self._dense_index]).tolist()
-        state.raw_max = np.maximum(state.raw_max, parsed.raw_max[self._dense_index]).tolist()
-        state.dense_sum = (np.array(state.dense_sum) + dense.sum(0, dtype=np.float64)).tolist()
-        state.hll.update(ids)
-        state.heavy.update(ids)
+    def add(self, block: Dict[str, np.ndarray]) -> None:
+        """Buffers a block of rows: every column by name, "label" included."""
+        self._blocks.append(block)
+        self._state.rows += len(block["label"])
+        self._state.positives += int(block["label"].sum())
 
-    def flush(self, file: criteo.CriteoFile) -> None:
+    def flush(self, file: str, day: Optional[int] = None) -> None:
         """Writes the buffered rows as the next shard (if any), then saves the state."""
-        rows = sum(len(block[2]) for block in self._blocks)
+        rows = sum(len(block["label"]) for block in self._blocks)
         if not rows:
             return
         blocks, self._blocks = self._blocks, []
         index = len(self._state.shards)
-        # One column at a time, so writing adds one column's copy to the buffered rows.
-        columns = {"label": lambda: [b[2] for b in blocks],
-                   **{n: (lambda j=j: [b[0][:, j] for b in blocks]) for j, n in enumerate(self._dense)},
-                   **{n: (lambda j=j: [b[1][:, j] for b in blocks]) for j, n in enumerate(self._sparse)}}
         checksums = {}
-        for name, parts in columns.items():
-            values = np.concatenate(parts())
-            _write_atomic(shard_file(self._out, index, name), lambda f: np.save(f, values))
+        # One column at a time, so writing adds one column's copy to the buffered rows.
+        for name in self._columns:
+            values = np.concatenate([block[name] for block in blocks])
+            write_atomic(shard_file(self._out, index, name), lambda f: np.save(f, values))
             checksums[name] = data_sha256(values)
-        self._state.shards.append(
-            {"index": index, "rows": rows, "file": file.path.name, "day": file.day, "sha256": checksums}
-        )
+        shard = {"index": index, "rows": rows, "file": file, "day": day, "sha256": checksums}
+        if self._split is not None:
+            shard["split"] = self._split
+        self._state.shards.append(shard)
         self._state.save(self._out)
-        log.info("shard %d: %d rows from %s", index, rows, file.path.name)
+        log.info("shard %d: %d rows from %s", index, rows, file)
 
 
-def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Writes through a temporary name, flushed to disk, then renames: `path` is whole or absent."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -275,7 +288,7 @@ def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
     os.replace(tmp, path)
 
 
-def _meta(input: str, files: Sequence[criteo.CriteoFile], fingerprint: str, settings: dict, state: _State,
+def _meta(input: str, files: Sequence[criteo.CriteoFile], fingerprint: str, settings: dict, state: ShardState,
           dense: List[str], sparse: List[str]) -> dict:
     rows = state.rows
     top = state.heavy.top(_TOP_IDS)

@@ -1,8 +1,9 @@
 """The RowSource that streams preprocessed shards (layout: `ctr.data.shard_format`).
 
 Columns are memory-mapped: a batch reads only its rows, and the OS page cache, not the
-process, holds the data set. Shards never span input files, so a split can be cut by
-Criteo day as well as by row ratios.
+process, holds the data set. Criteo shards never span input files, so a split can be cut
+by Criteo day as well as by row ratios; CSV shards each hold one split, decided when
+they were written (`split_by="preprocessed"`).
 """
 
 import functools
@@ -11,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ctr.data.rows import Rows
+from ctr.data.rows import Rows, concat_rows
 from ctr.data.shard_format import InvalidShardDirectory, data_sha256, read_meta, shard_file
 
 SPLITS = ("train", "val", "test")
@@ -19,7 +20,8 @@ _OPEN_SHARDS = 64
 
 
 class ShardSource:
-    """RowSource over a shard directory, with train/val/test cut by ratios or by Criteo day.
+    """RowSource over a shard directory, with train/val/test cut by ratios, by Criteo day, or
+    as preprocessing assigned them (`split_by="preprocessed"`).
 
     The train split is shuffled within consecutive windows of `shuffle_buffer` rows by a
     permutation seeded by (seed, window), so every rank computes the same order without
@@ -45,7 +47,14 @@ class ShardSource:
         meta = read_meta(self._directory)
         self.meta = meta
         self.dense_names: List[str] = list(meta["dense"])
-        self.sparse_names: List[str] = list(meta["sparse"])
+        self._bag_names: List[str] = list(meta.get("bags", []))
+        self.sparse_names: List[str] = list(meta["sparse"]) + self._bag_names
+        # Features that share one embedding table: {table: [feature, ...]}.
+        self.shared_tables: Dict[str, List[str]] = dict(meta.get("shared_tables", {}))
+        # Normalisation whose statistics preprocessing computed (CSV sources): dense ← (dense - shift) · scale.
+        transform = meta.get("dense_transform")
+        self._dense_transform = None if transform is None else (
+            np.array(transform["shift"], np.float32), np.array(transform["scale"], np.float32))
         self._columns = tuple(meta["columns"])
         self._shard_rows = {s["index"]: s["rows"] for s in meta["shards"]}
         # Per instance, so a directory rewritten since is never read through stale maps.
@@ -57,8 +66,10 @@ class ShardSource:
             self._segments = _ratio_segments(meta["shards"], train_ratio, val_ratio)
         elif split_by == "day":
             self._segments = _day_segments(meta["shards"], {"train": train_days, "val": val_days, "test": test_days}, path)
+        elif split_by == "preprocessed":
+            self._segments = _preprocessed_segments(meta["shards"], path)
         else:
-            raise ValueError(f"data.split_by={split_by!r}: expected 'ratio' or 'day'")
+            raise ValueError(f"data.split_by={split_by!r}: expected 'ratio', 'day' or 'preprocessed'")
         if shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer={shuffle_buffer}: expected >= 0 (0: no shuffling)")
         self._shuffle_buffer = shuffle_buffer
@@ -81,9 +92,8 @@ class ShardSource:
             rows, permutation = self._window(window)
             base = window * buffer
             picked = permutation[max(start, base) - base : min(stop, base + len(permutation)) - base]
-            pieces.append((rows.dense[picked], rows.ids[picked], rows.labels[picked]))
-        dense, ids, labels = (np.concatenate(parts) for parts in zip(*pieces))
-        return Rows(dense=dense, ids=ids, labels=labels)
+            pieces.append(rows.take(picked))
+        return concat_rows(pieces)
 
     def _read_window(self, window: int) -> Tuple[Rows, np.ndarray]:
         """A window of train rows, read in one sequential pass, and its seeded permutation."""
@@ -97,8 +107,9 @@ class ShardSource:
         segment = np.searchsorted(offsets, positions, side="right") - 1
         n = len(positions)
         dense = np.empty((n, len(self.dense_names)), np.float32)
-        ids = np.empty((n, len(self.sparse_names)), np.int64)
+        ids = np.empty((n, len(self.sparse_names) - len(self._bag_names)), np.int64)
         labels = np.empty(n, np.float32)
+        bags = {name: np.empty((n, self.meta["bag_lengths"][name]), np.int64) for name in self._bag_names}
         for s in np.unique(segment):
             mask = segment == s
             local = _as_slice(positions[mask] - offsets[s] + firsts[s])
@@ -106,9 +117,14 @@ class ShardSource:
             labels[mask] = maps["label"][local]
             for j, name in enumerate(self.dense_names):
                 dense[mask, j] = maps[name][local]
-            for j, name in enumerate(self.sparse_names):
+            for j, name in enumerate(self.sparse_names[: ids.shape[1]]):
                 ids[mask, j] = maps[name][local]
-        return Rows(dense=dense, ids=ids, labels=labels)
+            for name, bag in bags.items():
+                bag[mask] = maps[name][local]
+        if self._dense_transform is not None:
+            shift, scale = self._dense_transform
+            dense = (dense - shift) * scale
+        return Rows(dense=dense, ids=ids, labels=labels, bags=bags)
 
     def _map_shard(self, shard: int) -> Dict[str, np.ndarray]:
         """Memory maps of one shard's columns; a bounded cache keeps the number of maps small."""
@@ -184,3 +200,10 @@ def _day_segments(shards: List[dict], days: Dict[str, Sequence[int]], path: str)
         result[split] = _segments(pieces)
     return result
 
+
+
+def _preprocessed_segments(shards: List[dict], path: str) -> Dict[str, Segments]:
+    """Each split is the shards preprocessing wrote for it, in order."""
+    if any("split" not in s for s in shards):
+        raise ValueError(f"data.split_by=preprocessed, but {path} has shards without a split; use split_by=ratio")
+    return {split: _segments([(s["index"], 0, s["rows"]) for s in shards if s["split"] == split]) for split in SPLITS}

@@ -1,37 +1,35 @@
-"""Maps raw 64-bit ids to table rows.
+"""Maps raw 64-bit ids to table rows: the `embedding/hashing` config group.
 
 Sources hash every categorical value to a stable 64-bit id before any modulo; the table
-size is applied here, so it can change without reprocessing the data.
+size is applied here, so it can change without reprocessing the data. A hashing also
+says which tables a feature needs: one (`modulo`, `vocab`) or several whose pooled
+vectors are combined back into one (`qr`, see `ctr.features.embeddings`).
 """
 
-from typing import Mapping, Sequence
+from typing import Dict, Mapping, Sequence
 
 import torch
+from hydra.utils import instantiate
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 
-class ModuloHashing:
-    """Row = raw id mod the feature's table size.
+class FeatureHashing:
+    """Base of the hashings. Each is built as `cls(num_embeddings_per_feature, source, **options)`
+    (from `embedding.hashing`), so one config switch picks any of them; `source` is there
+    for hashings that learn from the data (`vocab`).
 
-    >>> h = ModuloHashing({"a": 10})
-    >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([123, 7]), torch.tensor([1, 1]))
-    >>> h.hash_features(kjt).values()
-    tensor([3, 7])
+    `table_rows()[feature]` maps each KJT key the feature's ids go to (one per table) to
+    that table's row count; `combine` is how a feature's parts are combined (sum or product).
     """
 
-    def __init__(self, num_embeddings_per_feature: Mapping[str, int]) -> None:
-        self._num_embeddings = dict(num_embeddings_per_feature)
+    combine = "sum"
+
+    def table_rows(self) -> Dict[str, Dict[str, int]]:
+        raise NotImplementedError
 
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        sizes = torch.tensor([self._table_size(key) for key in features.keys()], dtype=torch.int64)
-        per_value_size = torch.repeat_interleave(sizes, torch.tensor(features.length_per_key()))
-        return KeyedJaggedTensor(
-            keys=features.keys(),
-            values=torch.remainder(features.values(), per_value_size),
-            lengths=features.lengths(),
-            weights=features.weights_or_none(),
-        )
+        raise NotImplementedError
 
     def __call__(self, batch: Batch) -> Batch:
         return Batch(
@@ -40,20 +38,71 @@ class ModuloHashing:
             labels=batch.labels,
         )
 
+
+def per_value(features: KeyedJaggedTensor, per_key: Sequence[int]) -> torch.Tensor:
+    """`per_key[i]` repeated for every value of the i-th key: a key's constant, value-aligned."""
+    return torch.repeat_interleave(torch.tensor(per_key, dtype=torch.int64), torch.tensor(features.length_per_key()))
+
+
+def with_values(features: KeyedJaggedTensor, values: torch.Tensor, keys: Sequence[str]) -> KeyedJaggedTensor:
+    return KeyedJaggedTensor(keys=list(keys), values=values, lengths=features.lengths(), weights=features.weights_or_none())
+
+
+class ModuloHashing(FeatureHashing):
+    """Row = raw id mod the feature's table size.
+
+    >>> h = ModuloHashing({"a": 10})
+    >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([123, 7]), torch.tensor([1, 1]))
+    >>> h.hash_features(kjt).values()
+    tensor([3, 7])
+    """
+
+    def __init__(self, num_embeddings_per_feature: Mapping[str, int], source: object = None) -> None:
+        self._num_embeddings = dict(num_embeddings_per_feature)
+
+    def table_rows(self) -> Dict[str, Dict[str, int]]:
+        return {name: {name: rows} for name, rows in self._num_embeddings.items()}
+
+    def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        sizes = per_value(features, [self._table_size(key) for key in features.keys()])
+        return with_values(features, torch.remainder(features.values(), sizes), features.keys())
+
     def _table_size(self, key: str) -> int:
         if key not in self._num_embeddings:
             raise KeyError(f"sparse feature {key!r} has no table size; known: {sorted(self._num_embeddings)}")
         return self._num_embeddings[key]
 
 
+def build_hashing(embedding: Mapping, source) -> FeatureHashing:
+    """The hashing `embedding.hashing` names, over the table sizes `embedding` gives `source`'s features."""
+    if not isinstance(embedding.get("hashing"), Mapping):
+        raise ValueError(
+            f"embedding.hashing={embedding.get('hashing')!r}: pick a hashing with its config group, "
+            "e.g. embedding/hashing=qr (one of modulo, qr, vocab)"
+        )
+    sizes = feature_table_sizes(source.sparse_names, embedding["num_embeddings"], embedding["num_embeddings_per_feature"],
+                                getattr(source, "shared_tables", {}))
+    return instantiate(embedding["hashing"], num_embeddings_per_feature=sizes, source=source, _convert_="all")
+
+
 def feature_table_sizes(
-    sparse_names: Sequence[str], num_embeddings: int, per_feature: Mapping[str, int]
+    sparse_names: Sequence[str], num_embeddings: int, per_feature: Mapping[str, int],
+    shared_tables: Mapping[str, Sequence[str]] = {},
 ) -> dict:
-    """Table size of each feature: the per-feature override, else the global size."""
-    unknown = sorted(set(per_feature) - set(sparse_names))
+    """Table size of each feature: the per-feature override, else the global size.
+
+    Features of a shared table (`{table: [feature, ...]}`, from the data) all take the
+    table's size, overridden under the table's name.
+
+    >>> feature_table_sizes(["a", "g1", "g2"], 100, {"genre": 20}, {"genre": ["g1", "g2"]})
+    {'a': 100, 'g1': 20, 'g2': 20}
+    """
+    table_of = {feature: table for table, features in shared_tables.items() for feature in features}
+    unknown = sorted(set(per_feature) - (set(sparse_names) - set(table_of)) - set(shared_tables))
     if unknown:
         raise KeyError(
-            f"embedding.num_embeddings_per_feature names {unknown}, which are not sparse features "
-            f"of the data ({list(sparse_names)})"
+            f"embedding.num_embeddings_per_feature names {unknown}, which are neither sparse features "
+            f"of the data ({list(sparse_names)}) nor shared tables ({list(shared_tables)}); "
+            "features of a shared table take its size, set under the table's name"
         )
-    return {name: int(per_feature.get(name, num_embeddings)) for name in sparse_names}
+    return {name: int(per_feature.get(table_of.get(name, name), num_embeddings)) for name in sparse_names}

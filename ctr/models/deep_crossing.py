@@ -2,9 +2,9 @@
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ctr.features.embeddings import FeatureEmbeddings
 from ctr.models.layers import ResidualUnit
 
 
@@ -13,7 +13,8 @@ class DeepCrossing(nn.Module):
     by a stack of residual units and scored by a linear layer into one logit.
 
     Args:
-        embedding_bag_collection: the sparse side; sharded by DistributedModelParallel.
+        embeddings: the sparse side (its collection is sharded by DistributedModelParallel);
+            one vector per feature, of mixed dimensions if configured so.
         num_dense_features: width of the dense input.
         num_residual_units: depth of the residual stack.
         residual_hidden_dim: inner width of each residual unit.
@@ -23,23 +24,19 @@ class DeepCrossing(nn.Module):
 
     def __init__(
         self,
-        embedding_bag_collection: EmbeddingBagCollection,
+        embeddings: FeatureEmbeddings,
         num_dense_features: int,
         num_residual_units: int = 3,
         residual_hidden_dim: int = 256,
     ) -> None:
         super().__init__()
-        self.embeddings = embedding_bag_collection
-        tables = embedding_bag_collection.embedding_bag_configs()
-        self._feature_order = [feature for table in tables for feature in table.feature_names]
-        stack_dim = num_dense_features + sum(table.embedding_dim * len(table.feature_names) for table in tables)
+        self.embeddings = embeddings
+        stack_dim = num_dense_features + embeddings.output_dim
         self.residual_units = nn.Sequential(
             *(ResidualUnit(stack_dim, residual_hidden_dim) for _ in range(num_residual_units))
         )
         self.scoring = nn.Linear(stack_dim, 1)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
-        # A sharded collection returns features grouped by shard; fix the stacking order.
-        pooled = KeyedTensor.regroup([self.embeddings(sparse_features)], [self._feature_order])[0]
-        stacked = torch.cat([dense_features, pooled], dim=1)
+        stacked = torch.cat([dense_features, self.embeddings(sparse_features)], dim=1)
         return self.scoring(self.residual_units(stacked)).squeeze(-1)

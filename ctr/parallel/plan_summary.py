@@ -118,10 +118,44 @@ def plan_rows(plan: ShardingPlan, module: nn.Module) -> List[dict]:
                     "sharding_type": sharding.sharding_type,
                     "compute_kernel": sharding.compute_kernel,
                     "ranks": ranks,
+                    "element_bytes": item,
                     "bytes_per_rank": bytes_per_rank,
                 }
             )
     return rows
+
+
+def bytes_per_rank(rows: List[dict]) -> Dict[int, int]:
+    """Table weight bytes each rank holds, over all tables (optimizer state not included)."""
+    total: Dict[int, int] = {}
+    for row in rows:
+        for rank, size in row["bytes_per_rank"].items():
+            total[int(rank)] = total.get(int(rank), 0) + size
+    return dict(sorted(total.items()))
+
+
+def pooled_comms_bytes(
+    rows: List[dict], batch_size: int, world_size: int, forward_bytes: int, backward_bytes: int
+) -> Dict[str, int]:
+    """Bytes all ranks together send per step for the tables' outputs, by the plan.
+
+    Forward: each shard's pooled columns for the other ranks' `batch_size` rows, at
+    `forward_bytes` per value (the comms precision); backward: their gradients, at
+    `backward_bytes`; data-parallel tables instead all-reduce their whole gradient, as
+    wide as the table (a ring sends 2(W-1)/W of it per rank). Ids sent to the shards
+    are not counted.
+    """
+    forward = backward = 0
+    for row in rows:
+        num_rows, _ = row["shape"]
+        for size in row["bytes_per_rank"].values():
+            if row["sharding_type"] == "data_parallel":
+                backward += 2 * (world_size - 1) * size // world_size
+                continue
+            columns = size // (num_rows * row["element_bytes"])
+            forward += (world_size - 1) * batch_size * columns * forward_bytes
+            backward += (world_size - 1) * batch_size * columns * backward_bytes
+    return {"forward": forward, "backward": backward}
 
 
 def _bytes(n: float) -> str:

@@ -25,7 +25,7 @@ from torchrec.distributed.planner.types import (
     TopologyFactory,
     TrainerConfig,
 )
-from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
+from torchrec.distributed.types import ModuleSharder, QuantizedCommCodecs, ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from ctr.config import TableShardingConfig
@@ -41,9 +41,12 @@ KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
 PINNABLE_TYPES = ("table_wise", "column_wise", "table_column_wise")
 
 
-def sharders() -> List[ModuleSharder[nn.Module]]:
-    """The sharders both the planner and DistributedModelParallel use."""
-    return [EmbeddingBagCollectionSharder()]
+def sharders(
+    qcomm_codecs_registry: Optional[Dict[str, QuantizedCommCodecs]] = None,
+) -> List[ModuleSharder[nn.Module]]:
+    """The sharders both the planner and DistributedModelParallel use, with the quantized
+    comms codecs (`ctr.parallel.comms`) if any."""
+    return [EmbeddingBagCollectionSharder(qcomm_codecs_registry=qcomm_codecs_registry)]
 
 
 def device_sharding_types(device_type: str) -> List[str]:
@@ -207,7 +210,11 @@ def _check_topology(sharding: Mapping, env: DistributedEnv) -> None:
 
 
 def plan_sharding(
-    module: nn.Module, env: DistributedEnv, sharding: Mapping, batch_size: int
+    module: nn.Module,
+    env: DistributedEnv,
+    sharding: Mapping,
+    batch_size: int,
+    qcomm_codecs_registry: Optional[Dict[str, QuantizedCommCodecs]] = None,
 ) -> Tuple[ShardingPlan, PlanEstimates]:
     """Plans on rank 0 and shares the plan, so every rank shards identically.
 
@@ -217,4 +224,4 @@ def plan_sharding(
     planner, estimates = build_planner(
         module, sharding, batch_size, env.world_size, env.local_world_size, env.device.type
     )
-    return planner.collective_plan(module, sharders(), pg=dist.GroupMember.WORLD), estimates
+    return planner.collective_plan(module, sharders(qcomm_codecs_registry), pg=dist.GroupMember.WORLD), estimates

@@ -6,6 +6,7 @@
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -19,11 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ctr.data.reader import batches, num_steps, prefetch
-from ctr.features.hashing import ModuloHashing, feature_table_sizes
-from ctr.features.tables import embedding_bag_configs
+from ctr.features.embeddings import FeatureEmbeddings
+from ctr.features.hashing import FeatureHashing, build_hashing
+from ctr.features.tables import embedding_bag_configs, feature_dims
+from ctr.parallel.comms import WIRE_BYTES, qcomm_codecs
 from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer
-from ctr.parallel.plan_summary import format_estimates, format_plan, plan_report, plan_rows
+from ctr.parallel.plan_summary import (
+    bytes_per_rank, format_estimates, format_plan, plan_report, plan_rows, pooled_comms_bytes,
+)
 from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv, init_distributed, shutdown
 from ctr.train.console import configure_worker_logging, quiet_library_noise
@@ -53,16 +58,23 @@ def _write_json(path: Path, payload: object) -> None:
     tmp.replace(path)
 
 
-def build_task(cfg: DictConfig, source, device: torch.device) -> ClickTask:
-    """The unsharded model; its tables on `device` (meta: allocated later, shard by shard)."""
-    table_sizes = feature_table_sizes(
-        source.sparse_names, cfg.embedding.num_embeddings, cfg.embedding.num_embeddings_per_feature
+def build_task(cfg: DictConfig, source, device: torch.device, hashing: Optional[FeatureHashing] = None) -> ClickTask:
+    """The unsharded model; its tables on `device` (meta: allocated later, shard by shard).
+
+    `hashing` (built from `embedding.hashing` when not given) decides each feature's tables.
+    """
+    embedding = cfg.embedding
+    hashing = hashing or build_hashing(embedding, source)
+    table_rows = hashing.table_rows()
+    rule = embedding.dim_rule
+    dims = feature_dims(
+        {feature: math.prod(parts.values()) for feature, parts in table_rows.items()},
+        embedding.dim, embedding.dim_per_feature, rule.k, rule.min, rule.max,
     )
-    tables = embedding_bag_configs(
-        source.sparse_names, table_sizes, cfg.embedding.dim, cfg.embedding.dim_per_feature
-    )
+    tables = embedding_bag_configs(table_rows, dims, embedding.precision, getattr(source, "shared_tables", {}))
     ebc = EmbeddingBagCollection(tables=tables, device=device)
-    model = instantiate(cfg.model, embedding_bag_collection=ebc, num_dense_features=len(source.dense_names))
+    embeddings = FeatureEmbeddings(ebc, {feature: list(parts) for feature, parts in table_rows.items()}, hashing.combine)
+    model = instantiate(cfg.model, embeddings=embeddings, num_dense_features=len(source.dense_names))
     return ClickTask(model)
 
 
@@ -92,19 +104,18 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     if env.is_main:
         log.info("rank 0 of %d, backend %s, device %s, run dir %s", env.world_size, env.backend, env.device, run_dir)
     source = instantiate(cfg.data)
-    hashing = ModuloHashing(
-        feature_table_sizes(source.sparse_names, cfg.embedding.num_embeddings, cfg.embedding.num_embeddings_per_feature)
-    )
-    task = build_task(cfg, source, torch.device("meta"))
+    codecs = qcomm_codecs(cfg.comms, env.device)
+    hashing = build_hashing(cfg.embedding, source)
+    task = build_task(cfg, source, torch.device("meta"), hashing)
     opt = cfg.optimizer
     apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, env.device)
 
-    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size)
+    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
     rows = plan_rows(plan, task)
     if env.is_main:
         log.info("sharding plan:\n%s\n%s", format_plan(rows), format_estimates(estimates))
         _write_json(run_dir / "plan.json", plan_report(plan, rows, estimates))
-    model = distribute(task, env, plan)
+    model = distribute(task, env, plan, codecs)
     optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr)
 
     trainer = cfg.trainer
@@ -163,6 +174,11 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         **{f"val_{k}": v for k, v in validation.last.items()},
         "best_val_" + trainer.best_metric: validation.best,
         "embedding_bytes": sum(sum(row["bytes_per_rank"].values()) for row in rows),
+        "embedding_bytes_per_rank": bytes_per_rank(rows),
+        "comms_bytes_per_step": pooled_comms_bytes(
+            rows, trainer.batch_size, env.world_size,
+            WIRE_BYTES[cfg.comms.forward_precision], WIRE_BYTES[cfg.comms.backward_precision],
+        ),
         "train_steps": result.steps,
         "resumed_from_step": start_step,
         "stopped_early": result.stopped_early,
@@ -201,4 +217,6 @@ def _train_batches(source, hashing, cfg: DictConfig, env: DistributedEnv, start_
     for epoch in range(first_epoch, trainer.epochs):
         skip = offset if epoch == first_epoch else 0
         for batch in batches(source, "train", trainer.batch_size, env.rank, env.world_size, True, start_step=skip):
-            yield hashing(batch)
+            batch = hashing(batch)
+            # Page-locked host memory lets the pipeline's copy to the GPU run asynchronously.
+            yield batch.pin_memory() if env.device.type == "cuda" else batch

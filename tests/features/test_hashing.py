@@ -2,8 +2,11 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.features.hashing import ModuloHashing, feature_table_sizes
-from ctr.features.tables import embedding_bag_configs
+from torchrec.modules.embedding_configs import DataType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from ctr.features.hashing import ModuloHashing, build_hashing, feature_table_sizes
+from ctr.features.tables import embedding_bag_configs, feature_dims
 
 
 def test_modulo_applies_each_features_own_table_size():
@@ -22,13 +25,38 @@ def test_table_sizes_take_per_feature_overrides_and_reject_unknown_features():
         feature_table_sizes(["a", "b"], 100, {"c": 7})
 
 
-def test_tables_get_their_dims_and_reject_dims_fbgemm_cannot_run():
-    configs = embedding_bag_configs(["a", "b"], {"a": 10, "b": 20}, 8, {"b": 12})
+def test_tables_get_their_dims_and_precision_and_reject_dims_fbgemm_cannot_run():
+    dims = feature_dims({"a": 10, "b": 20}, 8, {"b": 12})
+    configs = embedding_bag_configs({"a": {"a": 10}, "b": {"b@q": 5, "b@r": 4}}, dims, "fp16")
     assert [(c.name, c.num_embeddings, c.embedding_dim, c.feature_names) for c in configs] == [
         ("t_a", 10, 8, ["a"]),
-        ("t_b", 20, 12, ["b"]),
+        ("t_b@q", 5, 12, ["b@q"]),
+        ("t_b@r", 4, 12, ["b@r"]),
     ]
+    assert {c.data_type for c in configs} == {DataType.FP16}
     with pytest.raises(ValueError, match="embedding.dim=6"):
-        embedding_bag_configs(["a"], {"a": 10}, 6, {})
+        feature_dims({"a": 10}, 6, {})
     with pytest.raises(ValueError, match="embedding.dim_per_feature.a=10"):
-        embedding_bag_configs(["a"], {"a": 10}, 8, {"a": 10})
+        feature_dims({"a": 10}, 8, {"a": 10})
+    with pytest.raises(ValueError, match="embedding.precision='int8'"):
+        embedding_bag_configs({"a": {"a": 10}}, {"a": 8}, "int8")
+
+
+def test_dim_rule_grows_with_the_fourth_root_of_cardinality_within_its_clip():
+    dims = feature_dims({"small": 16, "mid": 10_000, "huge": 10**12, "fixed": 10**12}, 16, {"fixed": 8},
+                        rule_k=2.0, rule_min=8, rule_max=64)
+    assert dims == {"small": 8, "mid": 20, "huge": 64, "fixed": 8}
+
+
+def test_fp16_storage_halves_the_table_bytes():
+    def weight_bytes(precision):
+        configs = embedding_bag_configs({"a": {"a": 1000}}, {"a": 16}, precision)
+        ebc = EmbeddingBagCollection(tables=configs)
+        return sum(p.numel() * p.element_size() for p in ebc.parameters())
+
+    assert weight_bytes("fp16") * 2 == weight_bytes("fp32") == 1000 * 16 * 4
+
+
+def test_a_hashing_given_as_a_plain_string_fails_naming_the_config_group():
+    with pytest.raises(ValueError, match="embedding/hashing=qr"):
+        build_hashing({"hashing": "qr"}, source=None)

@@ -3,17 +3,19 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from ctr.features.embeddings import FeatureEmbeddings
 from ctr.models.deep_crossing import DeepCrossing
 from ctr.models.layers import ResidualUnit
 
 
-def _ebc(dims=(4, 8)) -> EmbeddingBagCollection:
-    return EmbeddingBagCollection(
+def _ebc(dims=(4, 8)) -> FeatureEmbeddings:
+    collection = EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(name=f"t{i}", feature_names=[f"f{i}"], num_embeddings=10, embedding_dim=d)
             for i, d in enumerate(dims)
         ]
     )
+    return FeatureEmbeddings(collection, {f"f{i}": [f"f{i}"] for i in range(len(dims))})
 
 
 def _kjt(batch_size: int) -> KeyedJaggedTensor:
@@ -57,11 +59,11 @@ def test_deep_crossing_stacks_features_in_config_order_whatever_the_embedding_ou
     model = DeepCrossing(_ebc(), num_dense_features=2, num_residual_units=1, residual_hidden_dim=4)
     dense, sparse = torch.randn(3, 2), _kjt(3)
     expected = model(dense, sparse)
-    original = model.embeddings.forward
+    original = model.embeddings.collection.forward
 
     def shard_ordered(features):
         kt = original(features)
         return KeyedTensor.from_tensor_list(["f1", "f0"], [kt["f1"], kt["f0"]])
 
-    model.embeddings.forward = shard_ordered
+    model.embeddings.collection.forward = shard_ordered
     torch.testing.assert_close(model(dense, sparse), expected)

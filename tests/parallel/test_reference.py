@@ -108,7 +108,7 @@ def _train_reference(cfg, init: Dict[str, torch.Tensor], global_batch: int, bloc
     sizes = _table_sizes(cfg, source)
     tables = {}  # feature -> the table's column blocks, each a leaf with its own optimizer state
     for f in source.sparse_names:
-        weight = init[f"model.embeddings.embedding_bags.t_{f}.weight"]
+        weight = init[f"model.embeddings.collection.embedding_bags.t_{f}.weight"]
         cuts = blocks[f"t_{f}"] or [(0, weight.shape[1])]
         tables[f] = [weight[:, o : o + w].clone().requires_grad_() for o, w in cuts]
     dense = {k: v.clone().requires_grad_() for k, v in init.items() if "embedding_bags" not in k}
@@ -141,7 +141,7 @@ def _train_reference(cfg, init: Dict[str, torch.Tensor], global_batch: int, bloc
         dense_opt.step()
         losses.append(loss.item())
     final = {k: v.detach() for k, v in dense.items()}
-    final.update({f"model.embeddings.embedding_bags.t_{f}.weight": torch.cat(t, 1).detach() for f, t in tables.items()})
+    final.update({f"model.embeddings.collection.embedding_bags.t_{f}.weight": torch.cat(t, 1).detach() for f, t in tables.items()})
     return losses, final
 
 

@@ -46,10 +46,45 @@ def test_train_two_ranks_end_to_end(tmp_path, launcher):
     assert "test AUC" in proc.stdout + proc.stderr
 
 
-def test_a_bad_option_fails_at_start_up_naming_it(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "launch/train.py", *TINY, "optimizer.sparse=adam", f"hydra.run.dir={tmp_path}"],
+def _train(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
+    """launch/train.py self-launched with TINY and `options`, run from the repo root."""
+    return subprocess.run(
+        [sys.executable, "launch/train.py", *TINY, *options, f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
+
+
+def test_a_bad_option_fails_at_start_up_naming_it(tmp_path):
+    proc = _train(tmp_path, "optimizer.sparse=adam")
     assert proc.returncode != 0
     assert "optimizer.sparse='adam' has no FBGEMM CPU kernel" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(["embedding/hashing=qr", "embedding.hashing.combine=product", "embedding.precision=fp16",
+                      "comms=fp16"], id="qr-fp16-storage-fp16-comms"),
+        pytest.param(["embedding/hashing=vocab", "embedding.dim_rule.k=3", "comms=int8", "sharding=column_wise"],
+                     id="vocab-dim-rule-int8-comms-column-wise"),
+    ],
+)
+def test_embedding_options_train_on_two_ranks_and_record_their_bytes(tmp_path, options):
+    run_dir = tmp_path / "run"
+    proc = _train(run_dir, *options)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_steps"] == 10 and 0.0 < metrics["test_auc"] < 1.0
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert sum(metrics["embedding_bytes_per_rank"].values()) == metrics["embedding_bytes"] > 0
+    assert metrics["comms_bytes_per_step"]["forward"] > 0
+    if "embedding/hashing=qr" in options:  # two fp16 tables of ~sqrt(200) rows per feature
+        assert {row["table"] for row in plan["tables"]} == {f"t_cat_{i}@{p}" for i in range(6) for p in "qr"}
+        assert metrics["embedding_bytes"] == sum(r["shape"][0] * r["shape"][1] * 2 for r in plan["tables"])
+
+
+def test_comms_the_device_cannot_run_fail_at_start_up_naming_the_key(tmp_path):
+    proc = _train(tmp_path, "comms=bf16")
+    assert proc.returncode != 0
+    assert "comms.forward_precision='bf16' cannot run on CPU/gloo" in proc.stdout + proc.stderr
+    assert "train loss" not in proc.stdout + proc.stderr

@@ -1,0 +1,110 @@
+"""The schema of a delimited (CSV/TSV) data set, as typed config: `data.schema` in `configs/data/*.yaml`.
+
+It says which files to read and how (delimiter, encoding, header), which column is the
+label and how to binarise it, which columns are dense and how to transform them, which
+become categorical features (single ids, bags, bucketised numbers, shared vocabularies),
+which side tables to join, and how to split. `ctr.data.tabular` applies it.
+"""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class DelimitedFileConfig:
+    """How to read one delimited file. Without a header, `columns` names the fields."""
+
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    header: bool = True
+    columns: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LabelConfig:
+    """label = 1 if column >= `threshold`; with no threshold the column must hold 0 or 1."""
+
+    column: str = MISSING
+    threshold: Optional[float] = None
+
+
+@dataclass
+class DenseConfig:
+    """A numeric feature. Empty → `fill`; then log(1+max(x, 0)) if `log1p`; then `normalize`:
+    none, standardize (mean 0, variance 1) or minmax (to [0, 1]), with statistics of the
+    train rows computed in the preprocessing pass and applied when the shards are read."""
+
+    column: str = MISSING
+    fill: float = 0.0
+    log1p: bool = False
+    normalize: str = "none"
+
+
+@dataclass
+class SparseConfig:
+    """A categorical feature named `name`, hashed to stable 64-bit ids (`ctr.data.tabular.hash_ids`).
+
+    One column and no `delimiter`: one id per row (an empty value has its own id).
+    Several columns, a `delimiter` or `flags`: a bag of ids, empty members dropped, at most
+    `max_length` kept (default: the number of columns). `flags`: the columns hold 0/1, and
+    the bag is the names of the columns set to 1 (one-hot genre columns). `boundaries`:
+    the column is a number, and its bucket (`numpy.searchsorted(boundaries, x, "right")`)
+    is the category. Features naming the same `table` share one vocabulary and one
+    embedding table.
+    """
+
+    name: str = MISSING
+    columns: List[str] = MISSING
+    delimiter: Optional[str] = None
+    flags: bool = False
+    max_length: Optional[int] = None
+    boundaries: Optional[List[float]] = None
+    table: Optional[str] = None
+
+
+@dataclass
+class JoinConfig(DelimitedFileConfig):
+    """A side table (user or item attributes) whose `key` column matches the rows' `join_column`.
+
+    Its other columns join each row. Rows without a match get empty values; past
+    `max_unmatched_fraction` of them, preprocessing fails.
+    """
+
+    path: str = MISSING
+    key: str = MISSING
+    join_column: str = MISSING
+    max_unmatched_fraction: float = 0.0
+
+
+@dataclass
+class SplitConfig:
+    """How rows become train, val and test.
+
+    `by`: ratio (each row drawn with a seeded hash of its position), timestamp (the latest
+    `test_ratio` of rows by `timestamp_column` are test, all after every train row) or
+    files (`test_files` are test). val is drawn from the non-test rows by `val_ratio`.
+    `dedup_key`: test rows whose key columns also appear in a non-test row are dropped.
+    """
+
+    by: str = "ratio"
+    test_ratio: float = 0.2
+    val_ratio: float = 0.0
+    timestamp_column: Optional[str] = None
+    dedup_key: List[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class SchemaConfig(DelimitedFileConfig):
+    """A data set of delimited files under `root` (relative names are taken from there)."""
+
+    root: str = "."
+    files: List[str] = MISSING
+    test_files: List[str] = field(default_factory=list)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    dense: List[DenseConfig] = field(default_factory=list)
+    sparse: List[SparseConfig] = field(default_factory=list)
+    joins: List[JoinConfig] = field(default_factory=list)
+    split: SplitConfig = field(default_factory=SplitConfig)
