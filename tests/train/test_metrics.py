@@ -1,0 +1,68 @@
+"""Metrics over a split spread across ranks equal the same metrics computed in one place."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import binary_auroc
+
+from ctr.parallel.process_group import init_distributed, shutdown
+from ctr.train.metrics import ClickMetrics, is_better
+from tests.multiprocess import run_ranks
+
+SIZES = (700, 333)  # uneven shares, as the last evaluation step gives
+
+
+def _data():
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(sum(SIZES), generator=generator) * 2
+    labels = (torch.rand(sum(SIZES), generator=generator) < torch.sigmoid(logits + 0.5)).float()
+    return logits, labels
+
+
+def _rank_metrics(out_path: str) -> None:
+    env = init_distributed("gloo")
+    try:
+        logits, labels = _data()
+        start = sum(SIZES[: env.rank])
+        mine = slice(start, start + SIZES[env.rank])
+        metrics = ClickMetrics(env.device)
+        for chunk in torch.split(torch.arange(mine.start, mine.stop), 128):  # several updates, as batches
+            metrics.update(logits[chunk], labels[chunk])
+        result = metrics.compute()
+        if env.is_main:
+            Path(out_path).write_text(json.dumps(result))
+    finally:
+        shutdown()
+
+
+def test_metrics_across_two_ranks_equal_metrics_on_all_predictions_in_one_place(tmp_path):
+    run_ranks(_rank_metrics, 2, str(tmp_path / "metrics.json"))
+    distributed = json.loads((tmp_path / "metrics.json").read_text())
+    logits, labels = _data()
+    probabilities = torch.sigmoid(logits)
+    rate = labels.mean().item()
+    log_loss = F.binary_cross_entropy_with_logits(logits, labels).item()
+    entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    expected = {
+        "auc": binary_auroc(probabilities, labels.long()).item(),
+        "log_loss": log_loss,
+        "normalized_entropy": log_loss / entropy,
+        "calibration": probabilities.mean().item() / rate,
+        "accuracy": ((probabilities > 0.5).float() == labels).float().mean().item(),
+        "positive_rate": rate,
+    }
+    for key, value in expected.items():
+        assert distributed[key] == pytest.approx(value, rel=1e-5), key
+    # A per-rank average would differ: the check above has teeth.
+    first = slice(0, SIZES[0])
+    assert binary_auroc(probabilities[first], labels[first].long()).item() != pytest.approx(expected["auc"], rel=1e-5)
+
+
+def test_better_follows_each_metrics_direction_and_rejects_unknown_ones():
+    assert is_better("auc", 0.8, 0.7) and not is_better("log_loss", 0.5, 0.4)
+    with pytest.raises(ValueError, match="trainer.best_metric='ndcg'"):
+        is_better("ndcg", 1.0, 0.0)
