@@ -12,10 +12,8 @@ readers refuse the directory.
 """
 
 import hashlib
-import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from ctr.atomic import write_atomic, write_json_atomic
 from ctr.data import criteo
 from ctr.data.shard_format import FORMAT, META_FILE, data_sha256, read_meta, shard_file
 from ctr.data.sketches import HeavyHitters, HyperLogLog
@@ -93,7 +92,7 @@ def preprocess(
     meta = _meta(input, files, fingerprint, settings, state, dense, sparse)
     meta["last_run"] = {"rows": state.rows - rows_before, "seconds": round(seconds, 3),
                         "rows_per_second": round((state.rows - rows_before) / max(seconds, 1e-9))}
-    write_atomic(out / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    write_json_atomic(out / META_FILE, meta)
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     _log_summary(out, meta)
     return meta
@@ -276,16 +275,6 @@ class ShardWriter:
         self._state.shards.append(shard)
         self._state.save(self._out)
         log.info("shard %d: %d rows from %s", index, rows, file)
-
-
-def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Writes through a temporary name, flushed to disk, then renames: `path` is whole or absent."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _meta(input: str, files: Sequence[criteo.CriteoFile], fingerprint: str, settings: dict, state: ShardState,

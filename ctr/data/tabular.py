@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from ctr.data.criteo import BadLine
 from ctr.data.ids import splitmix64, to_id
-from ctr.data.preprocess import ShardState, ShardWriter, input_fingerprint, prepare_output, write_atomic
+from ctr.atomic import write_json_atomic
+from ctr.data.preprocess import ShardState, ShardWriter, input_fingerprint, prepare_output
 from ctr.data.rows import BAG_PAD
 from ctr.data.schema import DelimitedFileConfig, SchemaConfig, SparseConfig
 from ctr.data.shard_format import FORMAT, META_FILE
@@ -509,7 +510,7 @@ def preprocess_csv(
                  split_rows, split_positives, splitter)
     seconds = time.perf_counter() - started
     meta["last_run"] = {"rows": state.rows, "seconds": round(seconds, 3), "rows_per_second": round(state.rows / max(seconds, 1e-9))}
-    write_atomic(out / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+    write_json_atomic(out / META_FILE, meta)
     for stale in out.glob("progress*"):
         stale.unlink()
     log.info("%s: %d rows in %d shards (%s) in %.1f s", out, state.rows, len(state.shards), split_rows, seconds)

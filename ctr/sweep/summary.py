@@ -13,6 +13,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from ctr.atomic import write_json_atomic
+
 JOB_RECORD = "job.json"
 METRICS = "metrics.json"
 SUMMARY_STEM = "summary"
@@ -30,9 +32,7 @@ METRIC_COLUMNS = [
 
 def write_job_record(run_dir: Path, status: str, wall_seconds: float, error: Optional[str] = None) -> None:
     """Records how a job ended; written atomically so a summary never reads half a file."""
-    tmp = run_dir / (JOB_RECORD + ".tmp")
-    tmp.write_text(json.dumps({"status": status, "wall_seconds": wall_seconds, "error": error}, indent=2))
-    tmp.replace(run_dir / JOB_RECORD)
+    write_json_atomic(run_dir / JOB_RECORD, {"status": status, "wall_seconds": wall_seconds, "error": error})
 
 
 def _job_dirs(sweep_dir: Path) -> List[Path]:

@@ -4,7 +4,6 @@
 `launch/train.py`), so there is one code path for all of them.
 """
 
-import json
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from ctr.atomic import write_json_atomic
 from ctr.data.reader import batches, num_steps, prefetch
 from ctr.features.embeddings import FeatureEmbeddings
 from ctr.features.hashing import FeatureHashing, build_hashing
@@ -49,13 +49,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _write_json(path: Path, payload: object) -> None:
-    """Writes via a temporary name and a rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
 
 
 def build_task(cfg: DictConfig, source, device: torch.device, hashing: Optional[FeatureHashing] = None) -> ClickTask:
@@ -114,7 +107,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     rows = plan_rows(plan, task)
     if env.is_main:
         log.info("sharding plan:\n%s\n%s", format_plan(rows), format_estimates(estimates))
-        _write_json(run_dir / "plan.json", plan_report(plan, rows, estimates))
+        write_json_atomic(run_dir / "plan.json", plan_report(plan, rows, estimates))
     model = distribute(task, env, plan, codecs)
     optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr)
 
@@ -197,7 +190,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
             metrics["auc"], metrics.get("teacher_auc", float("nan")), metrics["log_loss"],
             metrics["normalized_entropy"], metrics["calibration"], result.steps, result.samples_per_second,
         )
-        _write_json(run_dir / "metrics.json", summary)
+        write_json_atomic(run_dir / "metrics.json", summary)
     return summary
 
 
