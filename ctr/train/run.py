@@ -185,9 +185,10 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
     scalars.close()
     if env.is_main:
+        teacher = f" (teacher {metrics['teacher_auc']:.4f})" if "teacher_auc" in metrics else ""
         log.info(
-            "test AUC %.4f (teacher %.4f)  log-loss %.4f  NE %.4f  calibration %.3f  |  %d steps, %.0f samples/s",
-            metrics["auc"], metrics.get("teacher_auc", float("nan")), metrics["log_loss"],
+            "test AUC %.4f%s  log-loss %.4f  NE %.4f  calibration %.3f  |  %d steps, %.0f samples/s",
+            metrics["auc"], teacher, metrics["log_loss"],
             metrics["normalized_entropy"], metrics["calibration"], result.steps, result.samples_per_second,
         )
         write_json_atomic(run_dir / "metrics.json", summary)
