@@ -45,6 +45,11 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def checkpoint_directory(checkpoint_dir: Optional[str], run_dir: Path) -> Path:
+    """`checkpoint.dir`, or `<run dir>/checkpoints` when it is null."""
+    return Path(checkpoint_dir) if checkpoint_dir else run_dir / "checkpoints"
+
+
 def is_complete(path: Path) -> bool:
     return path.is_dir() and not path.name.endswith(PARTIAL_SUFFIX) and (path / COMPLETE).is_file()
 

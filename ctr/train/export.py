@@ -20,7 +20,7 @@ from torchrec.inference.modules import quantize_embeddings
 from torchrec.tensor_types import UInt4Tensor
 
 from ctr.features.hashing import FeatureHashing, build_hashing
-from ctr.train.checkpoint import BEST, latest
+from ctr.train.checkpoint import BEST, checkpoint_directory, latest
 from ctr.train.run import build_task
 from ctr.train.task import ClickTask
 
@@ -47,11 +47,11 @@ def _build(cfg: DictConfig) -> Trained:
     return Trained(cfg, source, hashing, build_task(cfg, source, torch.device("cpu"), hashing))
 
 
-def checkpoint_path(run_dir: Path, checkpoint: Optional[str]) -> Path:
+def checkpoint_path(run_dir: Path, cfg: DictConfig, checkpoint: Optional[str]) -> Path:
     """`checkpoint` if given, else the run's best checkpoint, else its latest."""
     if checkpoint:
         return Path(checkpoint)
-    directory = run_dir / "checkpoints"
+    directory = checkpoint_directory(cfg.checkpoint.dir, run_dir)
     found = directory / BEST if (directory / BEST).is_dir() else latest(directory)
     if found is None:
         raise FileNotFoundError(f"run_dir={run_dir}: no checkpoint under {directory}")
@@ -63,7 +63,7 @@ def load_trained(run_dir: Path, checkpoint: Optional[str] = None) -> Trained:
     every table whole in this one process (DCP reshards the saved shards on load)."""
     trained = _build(OmegaConf.load(run_dir / ".hydra" / CONFIG_FILE))
     state = {"model": trained.task.state_dict()}
-    dcp.load(state, checkpoint_id=str(checkpoint_path(run_dir, checkpoint)))
+    dcp.load(state, checkpoint_id=str(checkpoint_path(run_dir, trained.cfg, checkpoint)))
     trained.task.load_state_dict(state["model"])
     return trained
 

@@ -33,7 +33,7 @@ from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv, init_distributed, shutdown
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
-from ctr.train.checkpoint import BEST, Checkpointer, best_value, latest
+from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
 from ctr.train.loop import Hooks, is_due, train
 from ctr.train.scalars import Scalars, peak_memory_per_rank
 from ctr.train.schedule import build_scheduler
@@ -117,7 +117,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
     ckpt = cfg.checkpoint
-    checkpointer = Checkpointer(Path(ckpt.dir) if ckpt.dir else run_dir / "checkpoints", ckpt.keep_last)
+    checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last)
     start_step = 0
     resume_from = _resume_path(ckpt.resume, checkpointer.directory)
     if resume_from is not None:
