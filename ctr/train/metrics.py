@@ -52,7 +52,11 @@ class ClickMetrics:
         }
 
 
-def is_better(metric: str, value: float, best: float) -> bool:
+def check_best_metric(metric: str) -> None:
     if metric not in HIGHER_IS_BETTER:
         raise ValueError(f"trainer.best_metric={metric!r}: expected one of {sorted(HIGHER_IS_BETTER)}")
+
+
+def is_better(metric: str, value: float, best: float) -> bool:
+    check_best_metric(metric)
     return value > best if HIGHER_IS_BETTER[metric] else value < best

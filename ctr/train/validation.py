@@ -3,7 +3,7 @@
 import logging
 from typing import Callable, Dict, Optional
 
-from ctr.train.metrics import is_better
+from ctr.train.metrics import check_best_metric, is_better
 from ctr.train.scalars import Scalars
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class Validation:
         is_main: bool,
         best: Optional[float] = None,
     ) -> None:
-        is_better(metric, 0.0, 0.0)  # rejects an unknown metric name at start-up
+        check_best_metric(metric)  # at start-up, not at the first validation
         self._evaluate = evaluate
         self.metric = metric
         self._patience = patience
