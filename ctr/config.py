@@ -5,7 +5,7 @@ start-up with the key's name, instead of being silently ignored.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import os
 import time
@@ -318,6 +318,31 @@ def run_name() -> str:
     """
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     return f"torchrun-{run_id[:8]}" if run_id != "none" else time.strftime("%H-%M-%S")
+
+
+# Config groups nested in another group's node. Hydra picks their options only with `/`
+# (`embedding/hashing=qr`); `embedding.hashing=qr` would set the node to the string "qr".
+NESTED_GROUPS = ("embedding/hashing",)
+
+
+def group_overrides(overrides: Sequence[str]) -> List[str]:
+    """Command-line overrides with a nested group's dotted spelling turned into Hydra's group override.
+
+    `embedding.hashing=qr` then composes exactly as `embedding/hashing=qr` (the option's
+    file, its schema, sweeps such as `embedding.hashing=modulo,qr`); keys under the
+    group's node are left alone.
+
+    >>> group_overrides(["embedding.hashing=qr", "embedding.hashing.combine=product", "-m"])
+    ['embedding/hashing=qr', 'embedding.hashing.combine=product', '-m']
+    """
+    dotted = {group.replace("/", ".") + "=": group + "=" for group in NESTED_GROUPS}
+    canonical = []
+    for override in overrides:
+        for prefix, group in dotted.items():
+            if override.startswith(prefix):
+                override = group + override[len(prefix):]
+        canonical.append(override)
+    return canonical
 
 
 def register_configs() -> None:

@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ctr.config import register_configs
+from ctr.config import group_overrides, register_configs
 from ctr.train.console import quiet_library_noise
 from ctr.train.plan import plan_job
 
@@ -32,4 +32,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # `embedding.hashing=qr` picks the option as `embedding/hashing=qr` does.
+    sys.argv[1:] = group_overrides(sys.argv[1:])
     main()

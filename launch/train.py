@@ -9,6 +9,7 @@ Returns the validation AUC, the objective that Hydra's Optuna sweeper maximises.
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from ctr.config import register_configs
+from ctr.config import group_overrides, register_configs
 from ctr.parallel.launcher import launch_workers
 from ctr.sweep.summary import write_job_record
 from ctr.train.run import JOB_START_ENV, run, run_worker
@@ -58,4 +59,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # `embedding.hashing=qr` picks the option as `embedding/hashing=qr` does.
+    sys.argv[1:] = group_overrides(sys.argv[1:])
     main()

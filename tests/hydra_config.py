@@ -6,7 +6,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
 
-from ctr.config import register_configs
+from ctr.config import group_overrides, register_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -37,4 +37,4 @@ TINY = [
 def compose(*overrides: str) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=group_overrides(overrides))

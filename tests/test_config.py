@@ -62,3 +62,27 @@ def test_wrong_type_fails_with_the_key():
     with pytest.raises((ConfigCompositionException, ValidationError)) as error:
         compose("trainer.batch_size=large")
     assert "batch_size" in str(error.value) + str(error.value.__cause__)
+
+
+@pytest.mark.parametrize("option", ["modulo", "qr", "vocab"])
+def test_a_hashing_is_picked_alike_by_its_group_and_by_the_dotted_key(option):
+    dotted = compose(f"embedding.hashing={option}", "embedding.dim=8")
+    assert dotted == compose(f"embedding/hashing={option}", "embedding.dim=8")
+    assert dotted.embedding.hashing._target_.split(".")[-2] == {"modulo": "hashing"}.get(option, option)
+
+
+def test_the_dotted_hashing_key_keeps_the_options_keys_and_their_checks():
+    cfg = compose("embedding.hashing=qr", "embedding.hashing.combine=product", "embedding.hashing.remainder_rows=7")
+    assert (cfg.embedding.hashing.combine, cfg.embedding.hashing.remainder_rows) == ("product", 7)
+    with pytest.raises(ConfigCompositionException) as error:
+        compose("embedding.hashing=qr", "embedding.hashing.combin=product")
+    assert "embedding.hashing.combin" in str(error.value)
+    with pytest.raises(ConfigCompositionException, match="remainder_rows") as error:
+        compose("embedding.hashing=qr", "embedding.hashing.remainder_rows=many")
+
+
+def test_an_unknown_hashing_fails_listing_the_options():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose("embedding.hashing=mch")
+    assert "embedding/hashing/mch" in str(error.value)
+    assert all(option in str(error.value) for option in ("modulo", "qr", "vocab"))

@@ -77,8 +77,9 @@ def build_hashing(embedding: Mapping, source) -> FeatureHashing:
     """The hashing `embedding.hashing` names, over the table sizes `embedding` gives `source`'s features."""
     if not isinstance(embedding.get("hashing"), Mapping):
         raise ValueError(
-            f"embedding.hashing={embedding.get('hashing')!r}: pick a hashing with its config group, "
-            "e.g. embedding/hashing=qr (one of modulo, qr, vocab)"
+            f"embedding.hashing={embedding.get('hashing')!r} is not a hashing's config: pick one on the command "
+            "line (embedding.hashing=qr or embedding/hashing=qr) or in a YAML defaults list (- hashing: qr); "
+            "options: modulo, qr, vocab"
         )
     sizes = feature_table_sizes(source.sparse_names, embedding["num_embeddings"], embedding["num_embeddings_per_feature"],
                                 getattr(source, "shared_tables", {}))

@@ -63,7 +63,8 @@ def test_a_bad_option_fails_at_start_up_naming_it(tmp_path):
 @pytest.mark.parametrize(
     "options",
     [
-        pytest.param(["embedding/hashing=qr", "embedding.hashing.combine=product", "embedding.precision=fp16",
+        # the spelling, embedding.hashing=qr, as launch/train.py takes it from the command line
+        pytest.param(["embedding.hashing=qr", "embedding.hashing.combine=product", "embedding.precision=fp16",
                       "comms=fp16"], id="qr-fp16-storage-fp16-comms"),
         pytest.param(["embedding/hashing=vocab", "embedding.dim_rule.k=3", "comms=int8", "sharding=column_wise"],
                      id="vocab-dim-rule-int8-comms-column-wise"),
@@ -78,7 +79,7 @@ def test_embedding_options_train_on_two_ranks_and_record_their_bytes(tmp_path, o
     plan = json.loads((run_dir / "plan.json").read_text())
     assert sum(metrics["embedding_bytes_per_rank"].values()) == metrics["embedding_bytes"] > 0
     assert metrics["comms_bytes_per_step"]["forward"] > 0
-    if "embedding/hashing=qr" in options:  # two fp16 tables of ~sqrt(200) rows per feature
+    if "embedding.hashing=qr" in options:  # two fp16 tables of ~sqrt(200) rows per feature
         assert {row["table"] for row in plan["tables"]} == {f"t_cat_{i}@{p}" for i in range(6) for p in "qr"}
         assert metrics["embedding_bytes"] == sum(r["shape"][0] * r["shape"][1] * 2 for r in plan["tables"])
 
