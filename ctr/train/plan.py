@@ -49,7 +49,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     world_size, local_world_size, device = cluster(cfg)
     task = build_task(cfg, instantiate(cfg.data), torch.device("meta"))
     opt = cfg.optimizer
-    apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, torch.device(device))
+    apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, torch.device(device), opt.state_precision)
     tables = embedding_tables(task)
     weights = sum(t.num_embeddings * t.embedding_dim * element_size(t) for t in tables)
     budget = cfg.sharding.memory_budget_gb

@@ -25,7 +25,7 @@ from ctr.features.hashing import FeatureHashing, build_hashing
 from ctr.features.tables import embedding_bag_configs, feature_dims
 from ctr.parallel.comms import WIRE_BYTES, qcomm_codecs
 from ctr.parallel.model_parallel import distribute
-from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer
+from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer, fused_state_bytes
 from ctr.parallel.plan_summary import (
     bytes_per_rank, format_estimates, format_plan, plan_report, plan_rows, pooled_comms_bytes,
 )
@@ -35,7 +35,7 @@ from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
 from ctr.train.loop import Hooks, is_due, train
-from ctr.train.scalars import Scalars, peak_memory_per_rank
+from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
 from ctr.train.schedule import build_scheduler
 from ctr.train.validation import Validation
 from ctr.train.task import ClickTask
@@ -101,7 +101,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     hashing = build_hashing(cfg.embedding, source)
     task = build_task(cfg, source, torch.device("meta"), hashing)
     opt = cfg.optimizer
-    apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, env.device)
+    apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, env.device, opt.state_precision)
 
     plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
     rows = plan_rows(plan, task)
@@ -162,12 +162,15 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         validation(result.steps)
     metrics = evaluate_split("test")
     memory = peak_memory_per_rank(env.device)
+    state_bytes = per_rank(fused_state_bytes(model), env.device)
     summary = {
         **{f"test_{k}": v for k, v in metrics.items()},
         **{f"val_{k}": v for k, v in validation.last.items()},
         "best_val_" + trainer.best_metric: validation.best,
         "embedding_bytes": sum(sum(row["bytes_per_rank"].values()) for row in rows),
         "embedding_bytes_per_rank": bytes_per_rank(rows),
+        "optimizer_state_bytes": sum(state_bytes),
+        "optimizer_state_bytes_per_rank": dict(enumerate(state_bytes)),
         "comms_bytes_per_step": pooled_comms_bytes(
             rows, trainer.batch_size, env.world_size,
             WIRE_BYTES[cfg.comms.forward_precision], WIRE_BYTES[cfg.comms.backward_precision],

@@ -15,12 +15,17 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def peak_memory_per_rank(device: torch.device) -> List[int]:
-    """Every rank's peak memory (a collective)."""
-    mine = torch.tensor([peak_memory_bytes(device)], dtype=torch.int64, device=device)
+def per_rank(value: int, device: torch.device) -> List[int]:
+    """Every rank's `value`, in rank order (a collective)."""
+    mine = torch.tensor([value], dtype=torch.int64, device=device)
     gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     return [int(t.item()) for t in gathered]
+
+
+def peak_memory_per_rank(device: torch.device) -> List[int]:
+    """Every rank's peak memory (a collective)."""
+    return per_rank(peak_memory_bytes(device), device)
 
 
 class Scalars:

@@ -54,10 +54,18 @@ def _train(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_bad_option_fails_at_start_up_naming_it(tmp_path):
-    proc = _train(tmp_path, "optimizer.sparse=adam")
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        ("optimizer.sparse=adam", "optimizer.sparse='adam' has no FBGEMM CPU kernel"),
+        ("optimizer.state_precision=fp16", "optimizer.state_precision='fp16': FBGEMM 1.8 keeps optimizer state"),
+    ],
+)
+def test_a_bad_option_fails_at_start_up_naming_it(tmp_path, option, message):
+    proc = _train(tmp_path, option)
     assert proc.returncode != 0
-    assert "optimizer.sparse='adam' has no FBGEMM CPU kernel" in proc.stdout + proc.stderr
+    assert message in proc.stdout + proc.stderr
+    assert "train loss" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -66,8 +74,8 @@ def test_a_bad_option_fails_at_start_up_naming_it(tmp_path):
         # the issue's spelling, embedding.hashing=qr, as launch/train.py takes it from the command line
         pytest.param(["embedding.hashing=qr", "embedding.hashing.combine=product", "embedding.precision=fp16",
                       "comms=fp16"], id="qr-fp16-storage-fp16-comms"),
-        pytest.param(["embedding/hashing=vocab", "embedding.dim_rule.k=3", "comms=int8", "sharding=column_wise"],
-                     id="vocab-dim-rule-int8-comms-column-wise"),
+        pytest.param(["embedding/hashing=vocab", "embedding.dim_rule.k=3", "comms=int8", "sharding=column_wise",
+                      "optimizer.sparse=adagrad"], id="vocab-dim-rule-int8-comms-column-wise-adagrad"),
     ],
 )
 def test_embedding_options_train_on_two_ranks_and_record_their_bytes(tmp_path, options):
@@ -79,6 +87,12 @@ def test_embedding_options_train_on_two_ranks_and_record_their_bytes(tmp_path, o
     plan = json.loads((run_dir / "plan.json").read_text())
     assert sum(metrics["embedding_bytes_per_rank"].values()) == metrics["embedding_bytes"] > 0
     assert metrics["comms_bytes_per_step"]["forward"] > 0
+    # fp32 optimizer state, whatever the weights' precision: Adagrad one per weight, row-wise
+    # Adagrad one per row of each column shard (a table-wise table is one shard)
+    adagrad = "optimizer.sparse=adagrad" in options
+    assert metrics["optimizer_state_bytes"] == sum(
+        r["shape"][0] * (r["shape"][1] if adagrad else len(r["ranks"])) * 4 for r in plan["tables"]
+    ) == sum(metrics["optimizer_state_bytes_per_rank"].values())
     if "embedding.hashing=qr" in options:  # two fp16 tables of ~sqrt(200) rows per feature
         assert {row["table"] for row in plan["tables"]} == {f"t_cat_{i}@{p}" for i in range(6) for p in "qr"}
         assert metrics["embedding_bytes"] == sum(r["shape"][0] * r["shape"][1] * 2 for r in plan["tables"])
