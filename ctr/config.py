@@ -147,8 +147,9 @@ class DimRuleConfig:
 
 @dataclass
 class EmbeddingConfig:
-    """`configs/embedding/*.yaml`: hashing (`embedding/hashing=modulo|qr|vocab`), table rows,
-    vector width (global, rule, per feature) and storage precision (fp32, fp16)."""
+    """`configs/embedding/*.yaml`: hashing (`embedding.hashing=modulo|qr|vocab`, also spelt
+    `embedding/hashing=...`), table rows, vector width (global, rule, per feature) and
+    storage precision (fp32, fp16)."""
 
     hashing: Any = MISSING
     dim: int = 16
