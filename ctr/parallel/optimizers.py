@@ -44,7 +44,7 @@ def check_state_precision(precision: str, name: str) -> None:
             f"optimizer.state_precision={precision!r}: FBGEMM 1.8 keeps optimizer state in {precision} only for "
             f"partial row-wise Adam and ensemble row-wise Adagrad (CUDA kernels only); optimizer.sparse={name!r}, "
             f"like every sparse optimizer here ({sorted(SPARSE_OPTIMIZERS)}; on CPU {list(CPU_SPARSE_OPTIMIZERS)}), "
-            "keeps fp32 state: use optimizer.state_precision=fp32"
+            "keeps its state (SGD has none) in fp32: use optimizer.state_precision=fp32"
         )
 
 
