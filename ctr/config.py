@@ -112,6 +112,31 @@ class DeepCrossingConfig:
 
 
 @dataclass
+class CrossConfig:
+    """One entry of `model.wide.crosses`: the hashed cross of `features` into its own table."""
+
+    features: List[str] = MISSING
+    num_embeddings: int = MISSING
+
+
+@dataclass
+class WideConfig:
+    """`model.wide`: the linear part's sparse features (null: all) and crossed features."""
+
+    features: Optional[List[str]] = None
+    crosses: List[CrossConfig] = field(default_factory=list)
+
+
+@dataclass
+class WideDeepConfig:
+    """`configs/model/wide_deep.yaml`: Cheng et al. 2016, a linear model plus an MLP over embeddings."""
+
+    _target_: str = "ctr.models.wide_deep.WideAndDeep"
+    hidden_dims: List[int] = field(default_factory=lambda: [256, 128])
+    wide: WideConfig = field(default_factory=WideConfig)
+
+
+@dataclass
 class ModuloHashingConfig:
     """`configs/embedding/hashing/modulo.yaml`: row = id mod the feature's table size."""
 
@@ -148,7 +173,8 @@ class DimRuleConfig:
 @dataclass
 class EmbeddingConfig:
     """`configs/embedding/*.yaml`: hashing (`embedding/hashing=modulo|qr|vocab`), table rows,
-    vector width (global, rule, per feature) and storage precision (fp32, fp16)."""
+    vector width (global, rule, per feature), storage precision (fp32, fp16) and how a
+    bag's ids are pooled (sum, mean; global or per feature, a shared table under its name)."""
 
     hashing: Any = MISSING
     dim: int = 16
@@ -157,6 +183,8 @@ class EmbeddingConfig:
     dim_per_feature: Dict[str, int] = field(default_factory=dict)
     dim_rule: DimRuleConfig = field(default_factory=DimRuleConfig)
     precision: str = "fp32"
+    pooling: str = "sum"
+    pooling_per_feature: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -237,13 +265,24 @@ class ScheduleConfig:
 
 
 @dataclass
+class TableOptimizerConfig:
+    """`optimizer.wide`: a fused table optimizer (sgd, adagrad, rowwise_adagrad on CPU) for the wide part."""
+
+    name: str = "adagrad"
+    lr: float = 0.05
+    eps: float = 1e-8
+
+
+@dataclass
 class OptimizerConfig:
-    """`configs/optimizer/*.yaml`: fused in-backward optimizer for tables, Adam for the dense tower."""
+    """`configs/optimizer/*.yaml`: fused in-backward optimizer for tables, Adam for the dense tower;
+    `wide` (null: the sparse one) for the wide part of Wide & Deep."""
 
     sparse: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
     sparse_eps: float = 1e-8
     dense_lr: float = 1e-3
+    wide: Optional[TableOptimizerConfig] = None
     sparse_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dense_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -340,5 +379,6 @@ def register_configs() -> None:
     store.store(name="export_schema", node=ExportConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)
+    store.store(group="model", name="wide_deep_schema", node=WideDeepConfig)
     for name, node in (("modulo", ModuloHashingConfig), ("qr", QRHashingConfig), ("vocab", VocabHashingConfig)):
         store.store(group="embedding/hashing", name=f"{name}_schema", node=node)
