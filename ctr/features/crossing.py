@@ -6,10 +6,16 @@ can learn a weight per co-occurrence. The id is splitmix64 chained over the raw 
 (h = splitmix64(h ^ id), starting from splitmix64 of the first), taken mod the cross's own
 `num_embeddings`: a pair always lands on the same row, different pairs collide only as
 hashing into that many rows does (a fraction ≈ 1 - (1 - 1/N)^(P-1) of P distinct pairs).
+
+An operand is a sparse feature's name (all its ids) or `name[i]`, the i-th id of a bag
+(none where the row's bag is shorter): `userRatedMovies[0]` is the user's first rated
+movie, the column `userRatedMovie1` of the SparrowRecSys data.
 """
 
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
+
+import re
 
 import numpy as np
 import torch
@@ -17,6 +23,17 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.data.ids import splitmix64, to_id
 from ctr.features.hashing import FeatureHashing
+
+
+_OPERAND = re.compile(r"^(?P<name>[^\[\]]+)(\[(?P<index>\d+)\])?$")
+
+
+def _operand(text: str) -> Tuple[str, int]:
+    """(feature, index) of a cross operand: `name` → (name, -1), `name[i]` → (name, i)."""
+    match = _OPERAND.match(text)
+    if match is None:
+        raise ValueError(f"cross operand {text!r}: expected a feature name or name[i]")
+    return match["name"], int(match["index"]) if match["index"] is not None else -1
 
 
 @dataclass(frozen=True)
@@ -28,8 +45,8 @@ class Cross:
 
     @property
     def key(self) -> str:
-        """Its KJT key (and table feature name): `movieId_x_userRatedMovie1`."""
-        return "_x_".join(self.features)
+        """Its KJT key (and table feature name): `movieId_x_userRatedMovies_0` for movieId × userRatedMovies[0]."""
+        return "_x_".join(f.replace("[", "_").replace("]", "") for f in self.features)
 
 
 def parse_crosses(crosses: Sequence[Mapping], sparse_names: Sequence[str], setting: str = "model.wide.crosses") -> List[Cross]:
@@ -37,10 +54,10 @@ def parse_crosses(crosses: Sequence[Mapping], sparse_names: Sequence[str], setti
     parsed = []
     for i, spec in enumerate(crosses):
         features, rows = tuple(spec.get("features") or ()), spec.get("num_embeddings")
-        unknown = [f for f in features if f not in sparse_names]
+        unknown = [f for f in features if not _OPERAND.match(f) or _operand(f)[0] not in sparse_names]
         if len(features) < 2 or unknown:
             raise ValueError(f"{setting}[{i}].features={list(features)}: expected two or more sparse features "
-                             f"of the data {list(sparse_names)}" + (f"; unknown: {unknown}" if unknown else ""))
+                             f"of the data {list(sparse_names)}, each `name` or `name[i]` (a bag's i-th id)" + (f"; unknown: {unknown}" if unknown else ""))
         if not isinstance(rows, int) or rows <= 0:
             raise ValueError(f"{setting}[{i}].num_embeddings={rows!r}: expected a positive number of rows")
         parsed.append(Cross(features, rows))
@@ -60,6 +77,16 @@ def _pairs(a: torch.Tensor, a_lengths: torch.Tensor, b: torch.Tensor, b_lengths:
     return a[a_at], b[b_at], lengths
 
 
+def _column(columns: Mapping, operand: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(ids, lengths) of an operand: all the feature's ids, or only each row's i-th."""
+    name, index = _operand(operand)
+    values, lengths = columns[name].values(), columns[name].lengths().long()
+    if index < 0:
+        return values, lengths
+    has = lengths > index
+    return values[(torch.cumsum(lengths, 0) - lengths + index)[has]], has.long()
+
+
 def _mix(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """splitmix64(h ^ id) on the 64-bit patterns (int64 tensors in and out)."""
     mixed = splitmix64(h.numpy().view(np.uint64) ^ ids.numpy().view(np.uint64))
@@ -75,12 +102,11 @@ def cross_ids(features: KeyedJaggedTensor, cross: Cross) -> Tuple[torch.Tensor, 
     ([2, 1], tensor(False))
     """
     columns = features.to_dict()
-    first = columns[cross.features[0]]
-    lengths = first.lengths().long()
-    h = _mix(torch.zeros_like(first.values()), first.values())
-    for name in cross.features[1:]:
-        column = columns[name]
-        h, ids, lengths = _pairs(h, lengths, column.values(), column.lengths().long())
+    ids, lengths = _column(columns, cross.features[0])
+    h = _mix(torch.zeros_like(ids), ids)
+    for operand in cross.features[1:]:
+        ids, ids_lengths = _column(columns, operand)
+        h, ids, lengths = _pairs(h, lengths, ids, ids_lengths)
         h = _mix(h, ids)
     return torch.from_numpy(to_id(h.numpy().view(np.uint64))) % cross.num_embeddings, lengths
 
