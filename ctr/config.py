@@ -266,23 +266,24 @@ class ScheduleConfig:
 
 @dataclass
 class TableOptimizerConfig:
-    """`optimizer.wide`: a fused table optimizer (sgd, adagrad, rowwise_adagrad on CPU) for the wide part."""
+    """`optimizer.wide`: the wide part's fused table optimizer (sgd, adagrad, rowwise_adagrad
+    on CPU); a null field takes the sparse optimizer's (`sparse`, `sparse_lr`, `sparse_eps`)."""
 
-    name: str = "adagrad"
-    lr: float = 0.05
-    eps: float = 1e-8
+    name: Optional[str] = None
+    lr: Optional[float] = None
+    eps: Optional[float] = None
 
 
 @dataclass
 class OptimizerConfig:
     """`configs/optimizer/*.yaml`: fused in-backward optimizer for tables, Adam for the dense tower;
-    `wide` (null: the sparse one) for the wide part of Wide & Deep."""
+    `wide` for the wide part of Wide & Deep (its null fields: the sparse optimizer's)."""
 
     sparse: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
     sparse_eps: float = 1e-8
     dense_lr: float = 1e-3
-    wide: Optional[TableOptimizerConfig] = None
+    wide: TableOptimizerConfig = field(default_factory=TableOptimizerConfig)
     sparse_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dense_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 

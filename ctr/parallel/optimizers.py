@@ -67,10 +67,12 @@ def apply_sparse_optimizer(
 
 
 def wide_optimizer(opt: Mapping) -> TableOptimizer:
-    """The wide tables' optimizer: `optimizer.wide` (name, lr, eps), else the sparse one, at
-    lr / `WideLinear.COLUMNS`, which makes a 4-column row exactly a scalar weight at lr."""
-    wide = opt.get("wide")
-    name, lr, eps = (wide.name, wide.lr, wide.eps) if wide else (opt.sparse, opt.sparse_lr, opt.sparse_eps)
+    """The wide tables' optimizer: `optimizer.wide` (name, lr, eps; a null field: the sparse
+    optimizer's), at lr / `WideLinear.COLUMNS`, which makes a 4-column row exactly a scalar weight at lr."""
+    wide = opt.get("wide") or {}
+    name = wide.get("name") or opt.sparse
+    lr = opt.sparse_lr if wide.get("lr") is None else wide.get("lr")
+    eps = opt.sparse_eps if wide.get("eps") is None else wide.get("eps")
     return name, lr / WideLinear.COLUMNS, eps
 
 
@@ -79,7 +81,7 @@ def apply_table_optimizers(module: nn.Module, opt: Mapping, device: torch.device
     wide = [m.collection for m in module.modules() if isinstance(m, WideLinear)]
     apply_sparse_optimizer(module, opt.sparse, opt.sparse_lr, opt.sparse_eps, device, exclude=wide)
     name, lr, eps = wide_optimizer(opt)
-    setting = "optimizer.wide.name" if opt.get("wide") else "optimizer.sparse"
+    setting = "optimizer.wide.name" if (opt.get("wide") or {}).get("name") else "optimizer.sparse"
     for collection in wide:
         apply_sparse_optimizer(collection, name, lr, eps, device, setting=setting)
 
