@@ -56,8 +56,10 @@ def parse_crosses(crosses: Sequence[Mapping], sparse_names: Sequence[str], setti
         features, rows = tuple(spec.get("features") or ()), spec.get("num_embeddings")
         unknown = [f for f in features if not _OPERAND.match(f) or _operand(f)[0] not in sparse_names]
         if len(features) < 2 or unknown:
-            raise ValueError(f"{setting}[{i}].features={list(features)}: expected two or more sparse features "
-                             f"of the data {list(sparse_names)}, each `name` or `name[i]` (a bag's i-th id)" + (f"; unknown: {unknown}" if unknown else ""))
+            raise ValueError(
+                f"{setting}[{i}].features={list(features)}: expected two or more sparse features of the data "
+                f"{list(sparse_names)}, each `name` or `name[i]` (a bag's i-th id)" + (f"; unknown: {unknown}" if unknown else "")
+            )
         if not isinstance(rows, int) or rows <= 0:
             raise ValueError(f"{setting}[{i}].num_embeddings={rows!r}: expected a positive number of rows")
         parsed.append(Cross(features, rows))
