@@ -112,6 +112,31 @@ class DeepCrossingConfig:
 
 
 @dataclass
+class CrossConfig:
+    """One entry of `model.wide.crosses`: the hashed cross of `features` into its own table."""
+
+    features: List[str] = MISSING
+    num_embeddings: int = MISSING
+
+
+@dataclass
+class WideConfig:
+    """`model.wide`: the linear part's sparse features (null: all) and crossed features."""
+
+    features: Optional[List[str]] = None
+    crosses: List[CrossConfig] = field(default_factory=list)
+
+
+@dataclass
+class WideDeepConfig:
+    """`configs/model/wide_deep.yaml`: Cheng et al. 2016, a linear model plus an MLP over embeddings."""
+
+    _target_: str = "ctr.models.wide_deep.WideAndDeep"
+    hidden_dims: List[int] = field(default_factory=lambda: [256, 128])
+    wide: WideConfig = field(default_factory=WideConfig)
+
+
+@dataclass
 class ModuloHashingConfig:
     """`configs/embedding/hashing/modulo.yaml`: row = id mod the feature's table size."""
 
@@ -148,8 +173,9 @@ class DimRuleConfig:
 @dataclass
 class EmbeddingConfig:
     """`configs/embedding/*.yaml`: hashing (`embedding.hashing=modulo|qr|vocab`, also spelt
-    `embedding/hashing=...`), table rows, vector width (global, rule, per feature) and
-    storage precision (fp32, fp16)."""
+    `embedding/hashing=...`), table rows, vector width (global, rule, per feature), storage
+    precision (fp32, fp16) and how a bag's ids are pooled (sum, mean; global or per feature,
+    a shared table under its name)."""
 
     hashing: Any = MISSING
     dim: int = 16
@@ -158,6 +184,8 @@ class EmbeddingConfig:
     dim_per_feature: Dict[str, int] = field(default_factory=dict)
     dim_rule: DimRuleConfig = field(default_factory=DimRuleConfig)
     precision: str = "fp32"
+    pooling: str = "sum"
+    pooling_per_feature: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,8 +266,19 @@ class ScheduleConfig:
 
 
 @dataclass
+class TableOptimizerConfig:
+    """`optimizer.wide`: the wide part's fused table optimizer (sgd, adagrad, rowwise_adagrad
+    on CPU); a null field takes the sparse optimizer's (`sparse`, `sparse_lr`, `sparse_eps`)."""
+
+    name: Optional[str] = None
+    lr: Optional[float] = None
+    eps: Optional[float] = None
+
+
+@dataclass
 class OptimizerConfig:
-    """`configs/optimizer/*.yaml`: fused in-backward optimizer for tables, Adam for the dense tower.
+    """`configs/optimizer/*.yaml`: fused in-backward optimizer for tables, Adam for the dense tower;
+    `wide` for the wide part of Wide & Deep (its null fields: the sparse optimizer's).
 
     `state_precision` is the tables' optimizer state (fp32; FBGEMM 1.8 offers fp16/bf16 state
     only for optimizers with CUDA kernels alone, which ctr does not offer, so those fail at start-up).
@@ -250,6 +289,7 @@ class OptimizerConfig:
     sparse_eps: float = 1e-8
     state_precision: str = "fp32"
     dense_lr: float = 1e-3
+    wide: TableOptimizerConfig = field(default_factory=TableOptimizerConfig)
     sparse_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dense_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
@@ -371,5 +411,6 @@ def register_configs() -> None:
     store.store(name="export_schema", node=ExportConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)
+    store.store(group="model", name="wide_deep_schema", node=WideDeepConfig)
     for name, node in (("modulo", ModuloHashingConfig), ("qr", QRHashingConfig), ("vocab", VocabHashingConfig)):
         store.store(group="embedding/hashing", name=f"{name}_schema", node=node)

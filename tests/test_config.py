@@ -9,8 +9,10 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from tests.hydra_config import CONFIGS, compose
 
+# `experiment` holds whole jobs, added on top of the defaults (`+experiment=<name>`).
 GROUPS = sorted(
-    p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name != "hydra" and any(p.glob("*.yaml"))
+    p.name for p in CONFIGS.iterdir()
+    if p.is_dir() and p.name not in ("hydra", "experiment") and any(p.glob("*.yaml"))
 )
 
 
@@ -22,6 +24,12 @@ def _options(group: str):
 def test_every_group_option_composes(group, option):
     cfg = compose(f"{group}={option}")
     assert group in cfg
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_every_experiment_composes_and_builds_its_model_config(option):
+    cfg = compose(f"+experiment={option}")
+    assert cfg.model._target_ and cfg.data._target_
 
 
 def test_default_config_builds_the_main_job_objects():

@@ -39,6 +39,7 @@ class FeatureEmbeddings(nn.Module):
             raise ValueError(f"every feature needs the same number of parts; got {dict(parts)}")
         key_dims = {key: t.embedding_dim for t in collection.embedding_bag_configs() for key in t.feature_names}
         self.collection = collection
+        self.parts: Dict[str, List[str]] = {feature: list(keys) for feature, keys in parts.items()}
         self.feature_names: List[str] = list(parts)
         self.feature_dims: Dict[str, int] = {}
         for feature, keys in parts.items():

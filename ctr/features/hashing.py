@@ -98,12 +98,21 @@ def feature_table_sizes(
     >>> feature_table_sizes(["a", "g1", "g2"], 100, {"genre": 20}, {"genre": ["g1", "g2"]})
     {'a': 100, 'g1': 20, 'g2': 20}
     """
+    sizes = per_table_setting(sparse_names, num_embeddings, per_feature, shared_tables, "embedding.num_embeddings_per_feature")
+    return {name: int(size) for name, size in sizes.items()}
+
+
+def per_table_setting(
+    sparse_names: Sequence[str], default, per_feature: Mapping, shared_tables: Mapping[str, Sequence[str]], setting: str,
+) -> dict:
+    """A table's setting per feature: the override under the feature's name, or under its
+    shared table's name for the features of a shared table (which must agree), else `default`."""
     table_of = {feature: table for table, features in shared_tables.items() for feature in features}
     unknown = sorted(set(per_feature) - (set(sparse_names) - set(table_of)) - set(shared_tables))
     if unknown:
         raise KeyError(
-            f"embedding.num_embeddings_per_feature names {unknown}, which are neither sparse features "
+            f"{setting} names {unknown}, which are neither sparse features "
             f"of the data ({list(sparse_names)}) nor shared tables ({list(shared_tables)}); "
-            "features of a shared table take its size, set under the table's name"
+            "features of a shared table take its setting, set under the table's name"
         )
-    return {name: int(per_feature.get(table_of.get(name, name), num_embeddings)) for name in sparse_names}
+    return {name: per_feature.get(table_of.get(name, name), default) for name in sparse_names}

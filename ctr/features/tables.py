@@ -6,6 +6,8 @@ from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, Poo
 
 # `embedding.precision`: how tables are stored while training (FBGEMM's weights precision).
 PRECISIONS = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+# `embedding.pooling`: how a bag's rows become one vector.
+POOLINGS = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
 
 
 def table_name(feature: str) -> str:
@@ -56,9 +58,11 @@ def embedding_bag_configs(
     dims: Mapping[str, int],
     precision: str = "fp32",
     shared_tables: Mapping[str, Sequence[str]] = {},
+    pooling: Mapping[str, str] = {},
 ) -> List[EmbeddingBagConfig]:
-    """One sum-pooled table per KJT key of each feature (`table_rows[feature][key]` rows),
-    of the feature's dimension, stored in `precision`.
+    """One table per KJT key of each feature (`table_rows[feature][key]` rows), of the
+    feature's dimension, stored in `precision`, pooled as `pooling[feature]` says (sum
+    or mean over a bag's ids; default sum).
 
     The features of a shared table (`{table: [feature, ...]}`, from the data) look up one
     table: their keys become that table's `feature_names` (per part, for hashings that
@@ -70,6 +74,9 @@ def embedding_bag_configs(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"embedding.precision={precision!r}: expected one of {list(PRECISIONS)}")
+    for feature, mode in pooling.items():
+        if mode not in POOLINGS:
+            raise ValueError(f"embedding.pooling of {feature!r} is {mode!r}: expected one of {list(POOLINGS)}")
     table_of = {feature: table for table, features in shared_tables.items() for feature in features}
     configs: Dict[str, EmbeddingBagConfig] = {}
     for feature, keys in table_rows.items():
@@ -79,7 +86,7 @@ def embedding_bag_configs(
             if config is None:
                 configs[name] = EmbeddingBagConfig(
                     name=name, feature_names=[key], num_embeddings=rows, embedding_dim=dims[feature],
-                    pooling=PoolingType.SUM, data_type=PRECISIONS[precision],
+                    pooling=POOLINGS[pooling.get(feature, "sum")], data_type=PRECISIONS[precision],
                 )
             elif (config.num_embeddings, config.embedding_dim) != (rows, dims[feature]):
                 raise ValueError(

@@ -1,7 +1,13 @@
 """Optimizers: FBGEMM's fused in-backward optimizer for tables (the same optimizer, unfused,
-for data-parallel tables), Adam for the dense tower."""
+for data-parallel tables), Adam for the dense tower.
 
-from typing import Dict, Type
+The wide part of Wide & Deep may have its own table optimizer (`optimizer.wide`). The
+paper trained it with FTRL; FBGEMM has no FTRL kernel, so the choice is among the fused
+ones (sgd, adagrad, rowwise_adagrad on CPU; Adagrad is FTRL's per-coordinate step
+without its L1 term).
+"""
+
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
@@ -13,6 +19,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from ctr.models.wide_deep import WideLinear
 
 # TorchRec maps these optimizer classes onto FBGEMM's fused TBE optimizers.
 SPARSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
@@ -48,25 +56,30 @@ def check_state_precision(precision: str, name: str) -> None:
         )
 
 
+# (optimizer name, learning rate, eps) of a group of tables.
+TableOptimizer = Tuple[str, float, float]
+
+
 def apply_sparse_optimizer(
-    module: nn.Module, name: str, lr: float, eps: float, device: torch.device, state_precision: str = "fp32"
+    module: nn.Module, name: str, lr: float, eps: float, device: torch.device,
+    exclude: Sequence[nn.Module] = (), setting: str = "optimizer.sparse",
 ) -> None:
-    """Marks every embedding table for a fused update inside the backward pass.
+    """Marks every embedding table (but those of the collections in `exclude`) for a fused
+    update inside the backward pass.
 
     DistributedModelParallel reads the mark and builds FBGEMM's fused kernel with that
     optimizer, so table gradients are never materialised.
     """
     if name not in SPARSE_OPTIMIZERS:
-        raise ValueError(f"optimizer.sparse={name!r}: expected one of {sorted(SPARSE_OPTIMIZERS)}")
+        raise ValueError(f"{setting}={name!r}: expected one of {sorted(SPARSE_OPTIMIZERS)}")
     if device.type == "cpu" and name not in CPU_SPARSE_OPTIMIZERS:
         raise ValueError(
-            f"optimizer.sparse={name!r} has no FBGEMM CPU kernel; on CPU use one of {list(CPU_SPARSE_OPTIMIZERS)}"
+            f"{setting}={name!r} has no FBGEMM CPU kernel; on CPU use one of {list(CPU_SPARSE_OPTIMIZERS)}"
         )
-    check_state_precision(state_precision, name)
     table_params = [
         param
         for submodule in module.modules()
-        if isinstance(submodule, EmbeddingBagCollection)
+        if isinstance(submodule, EmbeddingBagCollection) and not any(submodule is m for m in exclude)
         for param in submodule.parameters()
     ]
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[name], table_params, sparse_optimizer_kwargs(name, lr, eps))
@@ -86,27 +99,55 @@ def fused_state_bytes(model: DistributedModelParallel) -> int:
     )
 
 
-def combined_optimizer(model: nn.Module, sparse: str, sparse_lr: float, sparse_eps: float, dense_lr: float) -> CombinedOptimizer:
+def wide_optimizer(opt: Mapping) -> TableOptimizer:
+    """The wide tables' optimizer: `optimizer.wide` (name, lr, eps; a null field: the sparse
+    optimizer's), at lr / `WideLinear.COLUMNS`, which makes a 4-column row exactly a scalar weight at lr."""
+    wide = opt.get("wide") or {}
+    name = wide.get("name") or opt.sparse
+    lr = opt.sparse_lr if wide.get("lr") is None else wide.get("lr")
+    eps = opt.sparse_eps if wide.get("eps") is None else wide.get("eps")
+    return name, lr / WideLinear.COLUMNS, eps
+
+
+def apply_table_optimizers(module: nn.Module, opt: Mapping, device: torch.device) -> None:
+    """Marks the tables for their fused optimizers: the wide part's (`wide_optimizer`), the sparse one for the rest."""
+    check_state_precision(opt.state_precision, opt.sparse)
+    wide = [m.collection for m in module.modules() if isinstance(m, WideLinear)]
+    apply_sparse_optimizer(module, opt.sparse, opt.sparse_lr, opt.sparse_eps, device, exclude=wide)
+    name, lr, eps = wide_optimizer(opt)
+    setting = "optimizer.wide.name" if (opt.get("wide") or {}).get("name") else "optimizer.sparse"
+    for collection in wide:
+        apply_sparse_optimizer(collection, name, lr, eps, device, setting=setting)
+
+
+def combined_optimizer(
+    model: nn.Module, sparse: str, sparse_lr: float, sparse_eps: float, dense_lr: float,
+    wide: Optional[TableOptimizer] = None,
+) -> CombinedOptimizer:
     """The fused table optimizers (already inside the sharded model), the configured sparse
-    optimizer for tables without a fused kernel, and Adam for the rest.
+    optimizer for tables without a fused kernel (`wide`, as `wide_optimizer` gives it, for
+    the wide part's; None: the sparse one at lr / `WideLinear.COLUMNS`), and Adam for the rest.
 
     Data-parallel tables use the dense kernel, which ignores the in-backward mark: left
     to the dense optimizer they would train with Adam, not the configured optimizer.
     """
-    table_ids = {
-        id(param)
+    wide_tables = {id(param) for m in model.modules() if isinstance(m, WideLinear) for param in m.collection.parameters()}
+    tables_of = {
+        id(param): "wide" if id(param) in wide_tables else "sparse"
         for submodule in model.modules()
         if isinstance(submodule, ShardedEmbeddingBagCollection)
         for param in submodule.parameters()
     }
     unfused = dict(in_backward_optimizer_filter(model.named_parameters()))
-    tables = {name: param for name, param in unfused.items() if id(param) in table_ids}
-    dense = {name: param for name, param in unfused.items() if id(param) not in table_ids}
+    settings = {"sparse": (sparse, sparse_lr, sparse_eps), "wide": wide or (sparse, sparse_lr / WideLinear.COLUMNS, sparse_eps)}
     optimizers = [("sparse", model.fused_optimizer)]
-    if tables:
-        kwargs = sparse_optimizer_kwargs(sparse, sparse_lr, sparse_eps)
-        optimizers.append(
-            ("sparse_replicated", KeyedOptimizerWrapper(tables, lambda params: SPARSE_OPTIMIZERS[sparse](params, **kwargs)))
-        )
+    for group, (name, lr, eps) in settings.items():
+        tables = {key: param for key, param in unfused.items() if tables_of.get(id(param)) == group}
+        if tables:
+            kwargs = sparse_optimizer_kwargs(name, lr, eps)
+            optimizers.append(
+                (f"{group}_replicated", KeyedOptimizerWrapper(tables, lambda params, n=name, k=kwargs: SPARSE_OPTIMIZERS[n](params, **k)))
+            )
+    dense = {key: param for key, param in unfused.items() if id(param) not in tables_of}
     optimizers.append((DENSE, KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr))))
     return CombinedOptimizer(optimizers)

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from torchrec.inference.modules import quantize_embeddings
 from torchrec.tensor_types import UInt4Tensor
 
-from ctr.features.hashing import FeatureHashing, build_hashing
+from ctr.features.hashing import FeatureHashing
 from ctr.train.checkpoint import BEST, checkpoint_directory, latest
-from ctr.train.run import build_task
+from ctr.train.run import build_input_hashing, build_task
 from ctr.train.task import ClickTask
 
 # `precision` of an export → the quantized weight dtype TorchRec maps to FBGEMM's int8/int4 rows.
@@ -43,7 +43,7 @@ class Trained:
 
 def _build(cfg: DictConfig) -> Trained:
     source = instantiate(cfg.data)
-    hashing = build_hashing(cfg.embedding, source)
+    hashing = build_input_hashing(cfg, source)
     return Trained(cfg, source, hashing, build_task(cfg, source, torch.device("cpu"), hashing))
 
 

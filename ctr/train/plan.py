@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchrec.distributed.planner.types import PlannerError, PlannerErrorType
 
-from ctr.parallel.optimizers import apply_sparse_optimizer
+from ctr.parallel.optimizers import apply_table_optimizers
 from ctr.parallel.plan_summary import (
     GIB, element_size, embedding_tables, format_estimates, format_plan, plan_report, plan_rows,
 )
@@ -49,7 +49,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     world_size, local_world_size, device = cluster(cfg)
     task = build_task(cfg, instantiate(cfg.data), torch.device("meta"))
     opt = cfg.optimizer
-    apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, torch.device(device), opt.state_precision)
+    apply_table_optimizers(task, opt, torch.device(device))
     tables = embedding_tables(task)
     weights = sum(t.num_embeddings * t.embedding_dim * element_size(t) for t in tables)
     budget = cfg.sharding.memory_budget_gb

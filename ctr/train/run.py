@@ -20,12 +20,13 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ctr.atomic import write_json_atomic
 from ctr.data.reader import batches, num_steps, prefetch
+from ctr.features.crossing import CrossedHashing, parse_crosses
 from ctr.features.embeddings import FeatureEmbeddings
-from ctr.features.hashing import FeatureHashing, build_hashing
+from ctr.features.hashing import FeatureHashing, build_hashing, per_table_setting
 from ctr.features.tables import embedding_bag_configs, feature_dims
 from ctr.parallel.comms import WIRE_BYTES, qcomm_codecs
 from ctr.parallel.model_parallel import distribute
-from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer, fused_state_bytes
+from ctr.parallel.optimizers import apply_table_optimizers, combined_optimizer, fused_state_bytes, wide_optimizer
 from ctr.parallel.plan_summary import (
     bytes_per_rank, format_estimates, format_plan, plan_report, plan_rows, pooled_comms_bytes,
 )
@@ -51,24 +52,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_input_hashing(cfg: DictConfig, source) -> FeatureHashing:
+    """The batch transform of the data path: `embedding.hashing` over the data's features,
+    plus the crossed features the model reads (`model.wide.crosses`), if any."""
+    hashing = build_hashing(cfg.embedding, source)
+    crosses = parse_crosses(OmegaConf.select(cfg, "model.wide.crosses", default=None) or [], source.sparse_names)
+    return CrossedHashing(hashing, crosses) if crosses else hashing
+
+
 def build_task(cfg: DictConfig, source, device: torch.device, hashing: Optional[FeatureHashing] = None) -> ClickTask:
     """The unsharded model; its tables on `device` (meta: allocated later, shard by shard).
 
-    `hashing` (built from `embedding.hashing` when not given) decides each feature's tables.
+    `hashing` (`build_input_hashing` when not given) decides each feature's tables.
     """
     embedding = cfg.embedding
-    hashing = hashing or build_hashing(embedding, source)
+    hashing = hashing or build_input_hashing(cfg, source)
+    shared = getattr(source, "shared_tables", {})
     table_rows = hashing.table_rows()
     rule = embedding.dim_rule
     dims = feature_dims(
         {feature: math.prod(parts.values()) for feature, parts in table_rows.items()},
         embedding.dim, embedding.dim_per_feature, rule.k, rule.min, rule.max,
     )
-    tables = embedding_bag_configs(table_rows, dims, embedding.precision, getattr(source, "shared_tables", {}))
+    pooling = per_table_setting(source.sparse_names, embedding.pooling, embedding.pooling_per_feature, shared,
+                                "embedding.pooling_per_feature")
+    tables = embedding_bag_configs(table_rows, dims, embedding.precision, shared, pooling)
     ebc = EmbeddingBagCollection(tables=tables, device=device)
     embeddings = FeatureEmbeddings(ebc, {feature: list(parts) for feature, parts in table_rows.items()}, hashing.combine)
     model = instantiate(cfg.model, embeddings=embeddings, num_dense_features=len(source.dense_names))
     return ClickTask(model)
+
+
+def parameter_counts(task: ClickTask) -> Dict[str, int]:
+    """Parameters per part of the model (its direct submodules: tables, towers), meta or not."""
+    return {name: sum(p.numel() for p in part.parameters()) for name, part in task.model.named_children()}
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
@@ -98,10 +115,13 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         log.info("rank 0 of %d, backend %s, device %s, run dir %s", env.world_size, env.backend, env.device, run_dir)
     source = instantiate(cfg.data)
     codecs = qcomm_codecs(cfg.comms, env.device)
-    hashing = build_hashing(cfg.embedding, source)
+    hashing = build_input_hashing(cfg, source)
     task = build_task(cfg, source, torch.device("meta"), hashing)
+    parameters = parameter_counts(task)
+    if env.is_main:
+        log.info("parameters: %s", ", ".join(f"{part} {count:,}" for part, count in parameters.items()))
     opt = cfg.optimizer
-    apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, env.device, opt.state_precision)
+    apply_table_optimizers(task, opt, env.device)
 
     plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
     rows = plan_rows(plan, task)
@@ -109,7 +129,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         log.info("sharding plan:\n%s\n%s", format_plan(rows), format_estimates(estimates))
         write_json_atomic(run_dir / "plan.json", plan_report(plan, rows, estimates))
     model = distribute(task, env, plan, codecs)
-    optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr)
+    optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr, wide_optimizer(opt))
 
     trainer = cfg.trainer
     steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
@@ -184,6 +204,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         "seconds_to_first_step": result.first_step_finished_at - job_start if result.losses else None,
         "peak_memory_bytes_per_rank": memory,
         "world_size": env.world_size,
+        "parameters": parameters,
     }
     scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
     scalars.close()

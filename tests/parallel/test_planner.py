@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.utils import instantiate
 
-from ctr.parallel.optimizers import apply_sparse_optimizer
+from ctr.parallel.optimizers import apply_sparse_optimizer, apply_table_optimizers
 from ctr.parallel.plan_summary import format_estimates, format_plan, plan_report, plan_rows
 from ctr.parallel.planner import CPU_SHARDING_TYPES, build_planner, plan_sharding, sharders
 from ctr.parallel.process_group import DistributedEnv
@@ -157,3 +158,24 @@ def test_proposers_and_storage_reservation_come_from_config():
     )
     assert 0 < chosen.planner["proposals"] < default.planner["proposals"]
     assert len(rows) == len(default_rows) == 6
+
+
+@pytest.mark.parametrize("model", [
+    ["model=deep_crossing", "model.num_residual_units=1"],
+    ["model=wide_deep", "model.hidden_dims=[8]", "model.wide.crosses=[{features: [movie, userGenres], num_embeddings: 30}]"],
+], ids=["deep_crossing", "wide_deep"])
+def test_a_shared_table_appears_once_in_the_plan(model):
+    """Two genre features read one table: it is built once and sharded once (per model part)."""
+    source = SimpleNamespace(sparse_names=["movie", "movieGenres", "userGenres"], dense_names=["x"],
+                             shared_tables={"genre": ["movieGenres", "userGenres"]})
+    cfg = compose(*(o for o in TINY if not o.startswith("model.")), *model)
+    task = build_task(cfg, source, torch.device("meta"))
+    apply_table_optimizers(task, cfg.optimizer, torch.device("cpu"))
+    planner, _ = build_planner(task, cfg.sharding, cfg.trainer.batch_size, 2, 2, "cpu")
+    tables = [row["table"] for row in plan_rows(planner.plan(task, sharders()), task)]
+    expected = ["t_movie", "t_genre"]
+    if "model=wide_deep" in model:
+        expected += ["wide_t_movie", "wide_t_genre", "wide_t_movie_x_userGenres"]
+    assert sorted(tables) == sorted(expected)
+    genre = next(t for t in task.model.embeddings.collection.embedding_bag_configs() if t.name == "t_genre")
+    assert genre.feature_names == ["movieGenres", "userGenres"]

@@ -103,3 +103,29 @@ def test_comms_the_device_cannot_run_fail_at_start_up_naming_the_key(tmp_path):
     assert proc.returncode != 0
     assert "comms.forward_precision='bf16' cannot run on CPU/gloo" in proc.stdout + proc.stderr
     assert "train loss" not in proc.stdout + proc.stderr
+
+
+def test_wide_deep_with_a_cross_trains_on_one_rank_and_evaluates_through_the_entry_points(tmp_path):
+    """The crosses are part of the data path: evaluate and export must rebuild them to reproduce the run's AUC."""
+    run_dir = tmp_path / "run"
+    model = ["model=wide_deep", "model.hidden_dims=[16,8]", "model.wide.crosses=[{features: [cat_0, cat_1], num_embeddings: 50}]",
+             "optimizer.wide.name=adagrad"]
+    options = [*(o for o in TINY if not o.startswith("model.")), *model, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=1", "launch/train.py", *options],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert trained["world_size"] == 1 and trained["train_steps"] == 640 // 32
+    assert trained["parameters"]["wide"] == 4 * (6 * 200 + 50)
+    _entry_point("launch/evaluate.py", f"run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}")
+    _entry_point("launch/export.py", f"run_dir={run_dir}", "precision=int8", f"output={tmp_path / 'int8'}")
+    _entry_point("launch/evaluate.py", f"exported={tmp_path / 'int8'}", f"hydra.run.dir={tmp_path / 'eval_int8'}")
+    evaluated = json.loads((tmp_path / "eval" / "eval_test.json").read_text())
+    assert evaluated["auc"] == pytest.approx(trained["test_auc"], abs=1e-6)
+    int8 = json.loads((tmp_path / "eval_int8" / "eval_test.json").read_text())
+    assert int8["auc"] == pytest.approx(evaluated["auc"], abs=0.01)
+
+
+def _entry_point(*args: str) -> None:
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
