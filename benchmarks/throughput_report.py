@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 STORE = HERE / "throughput.json"
 RESULTS = HERE / "RESULTS.md"
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
-AXES = ("model", "world_size", "batch_size", "dim", "rows", "sharding", "table_precision", "comms", "dense_precision")
+AXES = ("model_name", "world_size", "batch_size", "dim", "rows", "sharding", "table_precision", "comms", "dense_precision")
 
 
 def gather(dirs: Sequence[Path]) -> List[dict]:
@@ -55,7 +55,7 @@ def table(results: List[dict]) -> str:
     for r in results:
         p, ctr, plain = r["point"], r["ctr"], r["plain"]
         lines.append(
-            f"| {p['model']} | {p['world_size']} | {p['batch_size']} | {p['dim']} | {p['rows']:,} | {p['sharding']} "
+            f"| {p['model_name']} | {p['world_size']} | {p['batch_size']} | {p['dim']} | {p['rows']:,} | {p['sharding']} "
             f"| {p['table_precision']} | {p['comms'] if p['world_size'] > 1 else '–'} | {p['dense_precision']} "
             f"| {r['threads_per_rank']} | {_spread(ctr['samples_per_second_per_repetition'])} "
             f"| {ctr['samples_per_second_per_rank']:,.0f} | {_spread(plain['samples_per_second_per_repetition'])} "

@@ -87,7 +87,7 @@ class ThroughputConfig:
     `benchmarks/throughput.py` (a multirun sweeps the grid), measured against a plain-PyTorch
     baseline and the machine's matmul and memory-copy limits in the same run."""
 
-    model: str = "deep_crossing"  # a `model=` choice of configs/model
+    model_name: str = "deep_crossing"  # a `model=` choice of configs/model (`model` itself is that group)
     world_size: int = 1
     batch_size: int = 2048  # per rank
     dim: int = 16
