@@ -17,36 +17,30 @@ for the step breakdown. Rank 0 writes `throughput.json` into the job's directory
 Embedding bytes per step: read = Σ ids × row bytes (dim × table element size); written =
 Σ unique rows updated × (row bytes + optimizer state bytes per row: 4 for row-wise Adagrad,
 dim × 4 for Adagrad, 0 for SGD), summed over features and ranks. Per second: × steps/s.
+
+The ranks run with the allocator settings `ctr.parallel.launcher` gives every rank it starts
+(`TUNED_MALLOC`; `CTR_MALLOC=glibc` keeps glibc's defaults), ctr and baseline alike; the JSON
+records them.
 """
 
+import itertools
+import json
+import logging
 import os
+import platform
+import statistics
 import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
 
-# glibc's malloc maps and unmaps large buffers every step unless told otherwise, which moved
-# CPU throughput 2-3x here; it reads these at start-up, so the process re-executes itself
-# with them (spawned ranks inherit them). CTR_MALLOC=default measures glibc's defaults.
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824",
-                "MALLOC_TOP_PAD_": "67108864"}
-if __name__ == "__main__" and os.environ.get("CTR_MALLOC") != "default" and not any(
-        key in os.environ for key in TUNED_MALLOC):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **TUNED_MALLOC})
-
-import itertools  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from importlib import metadata  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Dict, List, Sequence  # noqa: E402
-
-import hydra  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from torch import nn  # noqa: E402
+import hydra
+import torch
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
