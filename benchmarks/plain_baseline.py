@@ -7,11 +7,15 @@ Adam, and autocast for a bf16 dense tower, as ctr does. It is independent of ctr
 on purpose: it is the yardstick, not a copy.
 """
 
+import warnings
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
+
+# Adagrad's sparse path warns on every step that it skips the invariant checks.
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 # Per-feature ids as EmbeddingBag takes them: (values, offsets).
 FeatureIds = List[Tuple[torch.Tensor, torch.Tensor]]

@@ -11,8 +11,9 @@ optimizer, qcomms; `ctr.train.loop.train`: the TorchRec pipeline) on `world_size
 ctr's reader and hashing. Between ctr's repetitions, rank 0 (the others waiting) times the
 plain-PyTorch baseline (`plain_baseline.py`) on its own batches, and measures matmul FLOP/s
 at the dense tower's shapes (fp32, bf16) and memory-copy bandwidth, so every ratio comes
-from figures taken in the same process and run. A few more steps run under torch.profiler
-for the step breakdown. Rank 0 writes `throughput.json` into the job's directory.
+from figures taken in the same process and run. The limits are measured once per
+repetition and the highest kept. A few more steps run under torch.profiler for the step
+breakdown. Rank 0 writes `throughput.json` into the job's directory.
 
 Embedding bytes per step: read = Σ ids × row bytes (dim × table element size); written =
 Σ unique rows updated × (row bytes + optimizer state bytes per row: 4 for row-wise Adagrad,
@@ -218,26 +219,40 @@ def _measure(env: DistributedEnv, cfg: DictConfig, point: DictConfig) -> dict:
         rank0_done(env)
         return seconds
 
+    shapes = dense_shapes(built.model)
+
+    def limits_pass() -> dict:
+        """Rank 0 measures the machine's limits with its own threads; the other ranks wait."""
+        found = {}
+        if main:
+            found = {
+                "matmul_flops_per_second": {name: matmul_flops_per_second(shapes, batch_size, d, env.device)
+                                            for name, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))},
+                "copy_bytes_per_second": copy_bytes_per_second(env.device),
+            }
+        rank0_done(env)
+        return found
+
     plain_pass(point.warmup_steps)
     ctr_steps: List[List[float]] = []
     plain_steps: List[List[float]] = []
+    measured_limits: List[dict] = []
     for _ in range(point.repetitions):
         ctr_steps.append(ctr_pass(point.steps))
         plain_steps.append(plain_pass(point.steps))
+        measured_limits.append(limits_pass())
     profile = breakdown(lambda: ctr_pass(point.profile_steps), point.profile_steps, env.device) \
         if point.profile_steps else {}
     emb = embedding_bytes_per_step(built, rank_batches, cfg, env)
     if not main:
-        rank0_done(env)
         return {}
-    shapes = dense_shapes(built.model)
+    # A limit is the best the machine did: measured once per repetition, the highest kept.
     limits = {
-        "matmul_flops_per_second": {name: matmul_flops_per_second(shapes, batch_size, d, env.device)
-                                    for name, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))},
-        "copy_bytes_per_second": copy_bytes_per_second(env.device),
+        "matmul_flops_per_second": {name: max(m["matmul_flops_per_second"][name] for m in measured_limits)
+                                    for name in ("fp32", "bf16")},
+        "copy_bytes_per_second": max(m["copy_bytes_per_second"] for m in measured_limits),
         "threads": torch.get_num_threads(),
     }
-    rank0_done(env)
     return summarize(point, cfg, env, ctr_steps, plain_steps, memory, data_seconds, profile, emb, shapes, limits)
 
 
