@@ -72,7 +72,7 @@ def train_overrides(point: DictConfig) -> List[str]:
         f"model={point.model_name}", f"distributed.nproc_per_node={point.world_size}",
         f"trainer.batch_size={point.batch_size}", f"embedding.dim={point.dim}",
         f"embedding.num_embeddings={point.rows}", f"data.vocab_max={point.rows}", f"data.train_rows={rows_needed}",
-        f"sharding={point.sharding}", f"embedding.precision={point.table_precision}", f"comms={point.comms}",
+        f"sharding={point.sharding_name}", f"embedding.precision={point.table_precision}", f"comms={point.comms_name}",
         f"trainer.dense_precision={point.dense_precision}", "trainer.progress_bar=false", "trainer.tensorboard=false",
         *point.overrides,
     ]

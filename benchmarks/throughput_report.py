@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 STORE = HERE / "throughput.json"
 RESULTS = HERE / "RESULTS.md"
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
-AXES = ("model_name", "world_size", "batch_size", "dim", "rows", "sharding", "table_precision", "comms", "dense_precision")
+AXES = ("model_name", "world_size", "batch_size", "dim", "rows", "sharding_name", "table_precision", "comms_name",
+        "dense_precision")
 
 
 def gather(dirs: Sequence[Path]) -> List[dict]:
@@ -55,8 +56,8 @@ def table(results: List[dict]) -> str:
     for r in results:
         p, ctr, plain = r["point"], r["ctr"], r["plain"]
         lines.append(
-            f"| {p['model_name']} | {p['world_size']} | {p['batch_size']} | {p['dim']} | {p['rows']:,} | {p['sharding']} "
-            f"| {p['table_precision']} | {p['comms'] if p['world_size'] > 1 else '–'} | {p['dense_precision']} "
+            f"| {p['model_name']} | {p['world_size']} | {p['batch_size']} | {p['dim']} | {p['rows']:,} | {p['sharding_name']} "
+            f"| {p['table_precision']} | {p['comms_name'] if p['world_size'] > 1 else '–'} | {p['dense_precision']} "
             f"| {r['threads_per_rank']} | {_spread(ctr['samples_per_second_per_repetition'])} "
             f"| {ctr['samples_per_second_per_rank']:,.0f} | {_spread(plain['samples_per_second_per_repetition'])} "
             f"| {_spread(r['ratio_to_plain_per_repetition'], '{:.2f}')} "
@@ -115,18 +116,21 @@ def plot(results: List[dict], out_dir: Path) -> List[Path]:
     for axis, label in (("world_size", "ranks"), ("dim", "embedding dim"), ("precision", "precision (tables/comms/dense)")):
         fig, ax = plt.subplots(figsize=(6, 4))
         series: Dict[str, List[tuple]] = {}
-        hidden = {"table_precision", "comms", "dense_precision"} if axis == "precision" else {axis}
+        hidden = {"table_precision", "comms_name", "dense_precision"} if axis == "precision" else {axis}
         varying = [k for k in AXES if k not in hidden and len({str(r["point"][k]) for r in results}) > 1]
         for r in results:
             p = r["point"]
-            x = f"{p['table_precision']}/{p['comms']}/{p['dense_precision']}" if axis == "precision" else p[axis]
+            x = f"{p['table_precision']}/{p['comms_name']}/{p['dense_precision']}" if axis == "precision" else p[axis]
             key = ", ".join(f"{k}={p[k]}" for k in varying)
             series.setdefault(key, []).append((x, r["ctr"]["samples_per_second"], r["plain"]["samples_per_second"]))
         for key, points in series.items():
             points.sort(key=lambda t: str(t[0]) if axis == "precision" else t[0])
             xs = [str(t[0]) for t in points] if axis == "precision" else [t[0] for t in points]
-            ax.plot(xs, [t[1] for t in points], marker="o", label=f"ctr {key}")
-            ax.plot(xs, [t[2] for t in points], marker="x", linestyle="--", label=f"plain {key}")
+            (line,) = ax.plot(xs, [t[1] for t in points], marker="o", label=f"ctr {key}")
+            ax.plot(xs, [t[2] for t in points], marker="x", linestyle="--", color=line.get_color(),
+                    label=f"plain {key}")
+            if axis != "precision":
+                ax.set_xticks(sorted({t[0] for r_points in series.values() for t in r_points}))
         ax.set_xlabel(label)
         ax.set_ylabel("training samples/s")
         ax.legend(fontsize=5)

@@ -92,9 +92,9 @@ class ThroughputConfig:
     batch_size: int = 2048  # per rank
     dim: int = 16
     rows: int = 100_000  # table rows per feature
-    sharding: str = "table_wise"  # a `sharding=` choice
+    sharding_name: str = "table_wise"  # a `sharding=` choice
     table_precision: str = "fp32"  # embedding.precision
-    comms: str = "fp32"  # a `comms=` choice
+    comms_name: str = "fp32"  # a `comms=` choice
     dense_precision: str = "fp32"  # trainer.dense_precision
     warmup_steps: int = 5
     steps: int = 20  # timed steps per repetition
