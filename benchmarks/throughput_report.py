@@ -123,14 +123,16 @@ def plot(results: List[dict], out_dir: Path) -> List[Path]:
             x = f"{p['table_precision']}/{p['comms_name']}/{p['dense_precision']}" if axis == "precision" else p[axis]
             key = ", ".join(f"{k}={p[k]}" for k in varying)
             series.setdefault(key, []).append((x, r["ctr"]["samples_per_second"], r["plain"]["samples_per_second"]))
-        for key, points in series.items():
+        # A series with one point shows no trend along this axis; keep them only if nothing else.
+        trends = {key: points for key, points in series.items() if len(points) > 1} or series
+        for key, points in trends.items():
             points.sort(key=lambda t: str(t[0]) if axis == "precision" else t[0])
             xs = [str(t[0]) for t in points] if axis == "precision" else [t[0] for t in points]
             (line,) = ax.plot(xs, [t[1] for t in points], marker="o", label=f"ctr {key}")
             ax.plot(xs, [t[2] for t in points], marker="x", linestyle="--", color=line.get_color(),
                     label=f"plain {key}")
             if axis != "precision":
-                ax.set_xticks(sorted({t[0] for r_points in series.values() for t in r_points}))
+                ax.set_xticks(sorted({t[0] for r_points in trends.values() for t in r_points}))
         ax.set_xlabel(label)
         ax.set_ylabel("training samples/s")
         ax.legend(fontsize=5)
