@@ -82,6 +82,28 @@ class PreprocessConfig:
 
 
 @dataclass
+class ThroughputConfig:
+    """`configs/throughput.yaml`: one point of the training-throughput grid of
+    `benchmarks/throughput.py` (a multirun sweeps the grid), measured against a plain-PyTorch
+    baseline and the machine's matmul and memory-copy limits in the same run."""
+
+    model_name: str = "deep_crossing"  # a `model=` choice of configs/model (`model` itself is that group)
+    world_size: int = 1
+    batch_size: int = 2048  # per rank
+    dim: int = 16
+    rows: int = 100_000  # table rows per feature
+    sharding_name: str = "table_wise"  # a `sharding=` choice
+    table_precision: str = "fp32"  # embedding.precision
+    comms_name: str = "fp32"  # a `comms=` choice
+    dense_precision: str = "fp32"  # trainer.dense_precision
+    warmup_steps: int = 5
+    steps: int = 20  # timed steps per repetition
+    repetitions: int = 3
+    profile_steps: int = 5  # steps under torch.profiler for the step breakdown (0: none)
+    overrides: List[str] = field(default_factory=list)  # more `launch/train.py` overrides
+
+
+@dataclass
 class ExportConfig:
     """`configs/export.yaml`: a trained run's model with int8/int4 row-wise tables, for inference."""
 
@@ -300,7 +322,8 @@ class TrainerConfig:
 
     Validation runs every `eval_every_steps` (and at the end); `best_metric` picks the
     best checkpoint and drives early stopping after `early_stopping_patience` evaluations
-    without improvement (null: never stop early).
+    without improvement (null: never stop early). `dense_precision` bf16 runs the dense
+    tower under autocast (fp32 master weights; tables keep `embedding.precision`).
     """
 
     batch_size: int = 2048
@@ -313,6 +336,7 @@ class TrainerConfig:
     best_metric: str = "auc"
     early_stopping_patience: Optional[int] = None
     tensorboard: bool = True
+    dense_precision: str = "fp32"
 
 
 @dataclass
@@ -409,6 +433,7 @@ def register_configs() -> None:
     store.store(group="data", name="csv_schema", node=CsvDataConfig)
     store.store(name="preprocess_schema", node=PreprocessConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="throughput_schema", node=ThroughputConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)
     store.store(group="model", name="wide_deep_schema", node=WideDeepConfig)

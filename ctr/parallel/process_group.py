@@ -4,7 +4,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -103,3 +103,18 @@ def shutdown(failed: bool = False) -> None:
         if not failed:
             dist.barrier()
         dist.destroy_process_group()
+
+
+Result = TypeVar("Result")
+
+
+def in_process_group(job: Callable[..., Result], backend: str, *args: Any) -> Result:
+    """Joins the process group, returns job(env, *args), and tears the group down (`shutdown`)."""
+    env = init_distributed(backend)
+    try:
+        result = job(env, *args)
+    except BaseException:
+        shutdown(failed=True)
+        raise
+    shutdown()
+    return result

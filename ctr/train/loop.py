@@ -26,6 +26,7 @@ class TrainResult:
     seconds: float = 0.0
     first_step_finished_at: float = 0.0  # time.time() when this run's first step was done
     losses: List[float] = field(default_factory=list)
+    step_seconds: List[float] = field(default_factory=list)  # wall time of each step, hooks excluded
     stopped_early: bool = False
 
     @property
@@ -85,7 +86,7 @@ def train(
     )
     result = TrainResult(steps=start_step)
     iterator = iter(batches)
-    start = window_start = time.perf_counter()
+    start = window_start = step_start = time.perf_counter()
     window_samples = 0
     while result.steps < total:
         try:
@@ -101,6 +102,7 @@ def train(
         result.samples += samples
         window_samples += samples
         result.losses.append(loss.item())
+        result.step_seconds.append(time.perf_counter() - step_start)
         bar.update(1)
         step = result.steps
         if step % log_every_steps == 0 or step == total:
@@ -128,6 +130,7 @@ def train(
                 break
         if is_due(step, hooks.checkpoint_every_steps) and hooks.on_checkpoint is not None:
             hooks.on_checkpoint(step)
+        step_start = time.perf_counter()
     result.seconds = time.perf_counter() - start
     bar.close()
     pipeline.detach()  # restores the model's own forward, for evaluation

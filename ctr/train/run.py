@@ -9,14 +9,18 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.keyed import CombinedOptimizer
 
 from ctr.atomic import write_json_atomic
 from ctr.data.reader import batches, num_steps, prefetch
@@ -31,7 +35,7 @@ from ctr.parallel.plan_summary import (
     bytes_per_rank, format_estimates, format_plan, plan_report, plan_rows, pooled_comms_bytes,
 )
 from ctr.parallel.planner import plan_sharding
-from ctr.parallel.process_group import DistributedEnv, init_distributed, shutdown
+from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
@@ -80,7 +84,38 @@ def build_task(cfg: DictConfig, source, device: torch.device, hashing: Optional[
     ebc = EmbeddingBagCollection(tables=tables, device=device)
     embeddings = FeatureEmbeddings(ebc, {feature: list(parts) for feature, parts in table_rows.items()}, hashing.combine)
     model = instantiate(cfg.model, embeddings=embeddings, num_dense_features=len(source.dense_names))
-    return ClickTask(model)
+    # Runs saved before `trainer.dense_precision` existed were fp32.
+    return ClickTask(model, OmegaConf.select(cfg, "trainer.dense_precision", default="fp32"))
+
+
+@dataclass
+class Trainable:
+    """A sharded model ready to train: what every training entry point builds from a config."""
+
+    source: Any
+    hashing: FeatureHashing
+    model: DistributedModelParallel
+    optimizer: CombinedOptimizer
+    plan: ShardingPlan
+    rows: List[dict]  # the plan, one row per table (`plan_rows`)
+    estimates: Any  # the planner's per-rank estimates
+    parameters: Dict[str, int]  # per part of the model (`parameter_counts`)
+
+
+def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
+    """Data source, hashing, the model sharded by the planner's plan, and its optimizers."""
+    source = instantiate(cfg.data)
+    codecs = qcomm_codecs(cfg.comms, env.device)
+    hashing = build_input_hashing(cfg, source)
+    task = build_task(cfg, source, torch.device("meta"), hashing)
+    parameters = parameter_counts(task)
+    opt = cfg.optimizer
+    apply_table_optimizers(task, opt, env.device)
+    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
+    rows = plan_rows(plan, task)  # before sharding replaces the tables
+    model = distribute(task, env, plan, codecs)
+    optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr, wide_optimizer(opt))
+    return Trainable(source, hashing, model, optimizer, plan, rows, estimates, parameters)
 
 
 def parameter_counts(task: ClickTask) -> Dict[str, int]:
@@ -93,14 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     # ctr's launcher stamps the job's start; under torchrun the rank's own start stands in.
     job_start = float(os.environ.get(JOB_START_ENV, time.time()))
     quiet_library_noise()
-    env = init_distributed(cfg.distributed.backend)
-    try:
-        summary = _run(cfg, run_dir, env, job_start)
-    except BaseException:
-        shutdown(failed=True)
-        raise
-    shutdown()
-    return summary
+    return in_process_group(lambda env: _run(cfg, run_dir, env, job_start), cfg.distributed.backend)
 
 
 def run_worker(cfg_container: dict, run_dir: str) -> Dict[str, float]:
@@ -113,23 +141,13 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     seed_everything(cfg.distributed.seed)
     if env.is_main:
         log.info("rank 0 of %d, backend %s, device %s, run dir %s", env.world_size, env.backend, env.device, run_dir)
-    source = instantiate(cfg.data)
-    codecs = qcomm_codecs(cfg.comms, env.device)
-    hashing = build_input_hashing(cfg, source)
-    task = build_task(cfg, source, torch.device("meta"), hashing)
-    parameters = parameter_counts(task)
+    built = build_trainable(cfg, env)
+    source, hashing, model, optimizer, rows = built.source, built.hashing, built.model, built.optimizer, built.rows
     if env.is_main:
-        log.info("parameters: %s", ", ".join(f"{part} {count:,}" for part, count in parameters.items()))
+        log.info("parameters: %s", ", ".join(f"{part} {count:,}" for part, count in built.parameters.items()))
+        log.info("sharding plan:\n%s\n%s", format_plan(rows), format_estimates(built.estimates))
+        write_json_atomic(run_dir / "plan.json", plan_report(built.plan, rows, built.estimates))
     opt = cfg.optimizer
-    apply_table_optimizers(task, opt, env.device)
-
-    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
-    rows = plan_rows(plan, task)
-    if env.is_main:
-        log.info("sharding plan:\n%s\n%s", format_plan(rows), format_estimates(estimates))
-        write_json_atomic(run_dir / "plan.json", plan_report(plan, rows, estimates))
-    model = distribute(task, env, plan, codecs)
-    optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr, wide_optimizer(opt))
 
     trainer = cfg.trainer
     steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
@@ -204,7 +222,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         "seconds_to_first_step": result.first_step_finished_at - job_start if result.losses else None,
         "peak_memory_bytes_per_rank": memory,
         "world_size": env.world_size,
-        "parameters": parameters,
+        "parameters": built.parameters,
     }
     scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
     scalars.close()

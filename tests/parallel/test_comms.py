@@ -5,18 +5,13 @@ from typing import List
 import pytest
 import torch
 import torch.distributed as dist
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ctr.data.reader import batches
-from ctr.features.hashing import build_hashing
-from ctr.parallel.comms import check_comms, qcomm_codecs
-from ctr.parallel.model_parallel import distribute
-from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer
-from ctr.parallel.planner import plan_sharding
+from ctr.parallel.comms import check_comms
 from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.train.loop import train
-from ctr.train.run import build_task
+from ctr.train.run import build_trainable
 from tests.hydra_config import TINY, compose
 from tests.multiprocess import run_ranks
 
@@ -33,19 +28,13 @@ def _train(cfg_dict: dict, out_path: str) -> None:
     env = init_distributed("auto")
     try:
         torch.manual_seed(0)
-        source = instantiate(cfg.data)
-        hashing = build_hashing(cfg.embedding, source)
-        task = build_task(cfg, source, torch.device("meta"), hashing)
-        opt = cfg.optimizer
-        apply_sparse_optimizer(task, opt.sparse, opt.sparse_lr, opt.sparse_eps, env.device)
-        codecs = qcomm_codecs(cfg.comms, env.device)
-        plan, _ = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
-        model = distribute(task, env, plan, codecs)
-        optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr)
+        built = build_trainable(cfg, env)
         train_batches = (
-            hashing(b) for b in batches(source, "train", cfg.trainer.batch_size, env.rank, env.world_size, True)
+            built.hashing(b)
+            for b in batches(built.source, "train", cfg.trainer.batch_size, env.rank, env.world_size, True)
         )
-        result = train(model, optimizer, train_batches, env, STEPS, log_every_steps=10**9, progress_bar=False)
+        result = train(built.model, built.optimizer, train_batches, env, STEPS, log_every_steps=10**9,
+                       progress_bar=False)
         per_rank: List[List[float]] = [None] * env.world_size  # type: ignore[list-item]
         dist.all_gather_object(per_rank, result.losses)
         if env.is_main:

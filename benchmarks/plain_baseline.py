@@ -1,0 +1,93 @@
+"""The plain-PyTorch reference of `benchmarks/throughput.py`: what a competent engineer writes
+without TorchRec, in one process.
+
+One `nn.EmbeddingBag(sparse=True)` per feature updated by `torch.optim.Adagrad` (which takes
+sparse gradients), the model's dense tower with exactly ctr's shapes and FLOPs, updated by
+Adam, and autocast for a bf16 dense tower, as ctr does. It is independent of ctr's model code
+on purpose: it is the yardstick, not a copy.
+"""
+
+import warnings
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.datasets.utils import Batch
+
+# Adagrad's sparse path warns on every step that it skips the invariant checks.
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+# Per-feature ids as EmbeddingBag takes them: (values, offsets).
+FeatureIds = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+class PlainDeepCrossing(nn.Module):
+    """Deep Crossing with one EmbeddingBag per feature: relu(x + W1·relu(W0·x + b0) + b1) units.
+
+    Shapes: dense [B, num_dense], one (values, offsets) pair per feature → logits [B].
+    """
+
+    def __init__(self, num_dense: int, table_rows: Sequence[int], dim: int, num_residual_units: int,
+                 residual_hidden_dim: int) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, include_last_offset=True) for rows in table_rows)
+        width = num_dense + dim * len(table_rows)
+        self.units = nn.ModuleList(
+            nn.ModuleList([nn.Linear(width, residual_hidden_dim), nn.Linear(residual_hidden_dim, width)])
+            for _ in range(num_residual_units)
+        )
+        self.scoring = nn.Linear(width, 1)
+
+    def forward(self, dense: torch.Tensor, ids: FeatureIds) -> torch.Tensor:
+        x = torch.cat([dense, *(table(values, offsets) for table, (values, offsets) in zip(self.tables, ids))], dim=1)
+        for inner, outer in self.units:
+            x = torch.relu(x + outer(torch.relu(inner(x))))
+        return self.scoring(x).squeeze(-1)
+
+
+def _deep_crossing(model_cfg, num_dense: int, table_rows: Sequence[int], dim: int) -> nn.Module:
+    return PlainDeepCrossing(num_dense, table_rows, dim, model_cfg.num_residual_units, model_cfg.residual_hidden_dim)
+
+
+# `model._target_` → the plain twin of that model; a model joins the benchmark by adding its own.
+PLAIN_MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "ctr.models.deep_crossing.DeepCrossing": _deep_crossing,
+}
+
+
+def build_plain_model(model_cfg, num_dense: int, table_rows: Sequence[int], dim: int) -> nn.Module:
+    if model_cfg._target_ not in PLAIN_MODELS:
+        raise ValueError(f"model._target_={model_cfg._target_!r}: the plain-PyTorch baseline has no twin of it; "
+                         f"expected one of {list(PLAIN_MODELS)} (add one to benchmarks/plain_baseline.py)")
+    return PLAIN_MODELS[model_cfg._target_](model_cfg, num_dense, table_rows, dim)
+
+
+def feature_ids(batch: Batch, keys: Sequence[str]) -> FeatureIds:
+    """The batch's hashed ids per feature, as the baseline's data loader would hand them over."""
+    features = batch.sparse_features.to_dict()
+    return [(features[key].values(), features[key].offsets()) for key in keys]
+
+
+class PlainTrainer:
+    """One training step of the plain model: forward, log-loss, backward, sparse Adagrad, Adam."""
+
+    def __init__(self, model: nn.Module, sparse_lr: float, sparse_eps: float, dense_lr: float,
+                 autocast_dtype) -> None:
+        self.model = model
+        tables = {id(p) for table in model.tables for p in table.parameters()}
+        self.sparse = torch.optim.Adagrad([p for p in model.parameters() if id(p) in tables], lr=sparse_lr, eps=sparse_eps)
+        self.dense = torch.optim.Adam([p for p in model.parameters() if id(p) not in tables], lr=dense_lr)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.autocast_dtype = autocast_dtype
+
+    def step(self, dense: torch.Tensor, ids: FeatureIds, labels: torch.Tensor) -> torch.Tensor:
+        self.sparse.zero_grad()
+        self.dense.zero_grad()
+        with torch.autocast(dense.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.model(dense, ids).float()
+        loss = self.loss_fn(logits, labels)
+        loss.backward()
+        self.sparse.step()
+        self.dense.step()
+        return loss.detach()
