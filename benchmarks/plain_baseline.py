@@ -45,13 +45,46 @@ class PlainDeepCrossing(nn.Module):
         return self.scoring(x).squeeze(-1)
 
 
+class PlainWideAndDeep(nn.Module):
+    """Wide & Deep with one EmbeddingBag per feature for the deep part, an MLP (Linear + ReLU
+    per hidden width, then a Linear to the logit), and one 1-wide EmbeddingBag per feature
+    for the linear part (ctr keeps 4-wide rows, exact for a scalar weight; a plain model needs none).
+
+    Shapes: dense [B, num_dense], one (values, offsets) pair per feature → logits [B].
+    """
+
+    def __init__(self, num_dense: int, table_rows: Sequence[int], dim: int, hidden_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, include_last_offset=True) for rows in table_rows)
+        self.wide = nn.ModuleList(nn.EmbeddingBag(rows, 1, mode="sum", sparse=True, include_last_offset=True) for rows in table_rows)
+        widths = [num_dense + dim * len(table_rows), *hidden_dims]
+        layers: List[nn.Module] = []
+        for inner, outer in zip(widths, widths[1:]):
+            layers += [nn.Linear(inner, outer), nn.ReLU()]
+        self.deep = nn.Sequential(*layers, nn.Linear(widths[-1], 1))
+
+    def forward(self, dense: torch.Tensor, ids: FeatureIds) -> torch.Tensor:
+        x = torch.cat([dense, *(table(values, offsets) for table, (values, offsets) in zip(self.tables, ids))], dim=1)
+        wide = sum(table(values, offsets) for table, (values, offsets) in zip(self.wide, ids))
+        return (self.deep(x) + wide).squeeze(-1)
+
+
 def _deep_crossing(model_cfg, num_dense: int, table_rows: Sequence[int], dim: int) -> nn.Module:
     return PlainDeepCrossing(num_dense, table_rows, dim, model_cfg.num_residual_units, model_cfg.residual_hidden_dim)
+
+
+def _wide_deep(model_cfg, num_dense: int, table_rows: Sequence[int], dim: int) -> nn.Module:
+    wide = model_cfg.wide
+    if wide.crosses or wide.features is not None:
+        raise ValueError("model.wide: the plain Wide & Deep twin has a linear part over every feature and no "
+                         "crosses; benchmark it with model.wide.features=null and model.wide.crosses=[]")
+    return PlainWideAndDeep(num_dense, table_rows, dim, model_cfg.hidden_dims)
 
 
 # `model._target_` → the plain twin of that model; a model joins the benchmark by adding its own.
 PLAIN_MODELS: Dict[str, Callable[..., nn.Module]] = {
     "ctr.models.deep_crossing.DeepCrossing": _deep_crossing,
+    "ctr.models.wide_deep.WideAndDeep": _wide_deep,
 }
 
 
@@ -74,7 +107,7 @@ class PlainTrainer:
     def __init__(self, model: nn.Module, sparse_lr: float, sparse_eps: float, dense_lr: float,
                  autocast_dtype) -> None:
         self.model = model
-        tables = {id(p) for table in model.tables for p in table.parameters()}
+        tables = {id(p) for table in model.modules() if isinstance(table, nn.EmbeddingBag) for p in table.parameters()}
         self.sparse = torch.optim.Adagrad([p for p in model.parameters() if id(p) in tables], lr=sparse_lr, eps=sparse_eps)
         self.dense = torch.optim.Adam([p for p in model.parameters() if id(p) not in tables], lr=dense_lr)
         self.loss_fn = nn.BCEWithLogitsLoss()

@@ -69,10 +69,17 @@ def table(results: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def point_label(p: dict) -> str:
+    """A short column or row name of a grid point: `DC 2r 1e+05 d16 fp32/fp16/bf16` (model initials,
+    ranks, rows per feature, dim, tables/comms/dense precision)."""
+    model = "".join(word[0].upper() for word in p["model_name"].split("_"))
+    comms = p["comms_name"] if p["world_size"] > 1 else "–"
+    return f"{model} {p['world_size']}r {p['rows']:.0e} d{p['dim']} {p['table_precision']}/{comms}/{p['dense_precision']}"
+
+
 def breakdown_table(results: List[dict]) -> str:
     categories = list(dict.fromkeys(k for r in results for k in r["breakdown_seconds_per_step"]))
-    names = [f"{r['point']['world_size']}r {r['point']['rows']:.0e} d{r['point']['dim']} {r['point']['dense_precision']}"
-             for r in results]
+    names = [point_label(r["point"]) for r in results]
     lines = ["| ms per step | " + " | ".join(names) + " |", "|---|" + "---:|" * len(results)]
     for c in categories:
         cells = [r["breakdown_seconds_per_step"].get(c) for r in results]
@@ -87,7 +94,7 @@ def limits_table(results: List[dict]) -> str:
         lim, p = r["limits"], r["point"]
         reached = r["dense"]["flops_per_second"]
         lines.append(
-            f"| {p['world_size']}r {p['rows']:.0e} d{p['dim']} {p['dense_precision']} | {lim['threads']} "
+            f"| {point_label(p)} | {lim['threads']} "
             f"| {lim['matmul_flops_per_second']['fp32'] / 1e9:.1f} | {lim['matmul_flops_per_second']['bf16'] / 1e9:.1f} "
             f"| {lim['copy_bytes_per_second'] / 1e9:.1f} | {'–' if reached is None else f'{reached / 1e9:.1f}'} |")
     return "\n".join(lines)
@@ -106,7 +113,18 @@ def markdown(results: List[dict]) -> str:
     ])
 
 
+# Legend names of the grid's axes.
+SHORT = {"model_name": "model", "world_size": "ranks", "batch_size": "batch", "rows": "rows", "dim": "dim",
+         "sharding_name": "sharding", "table_precision": "tables", "comms_name": "comms", "dense_precision": "dense"}
+
+
+def _value(key: str, value) -> str:
+    return f"{value:.0e}" if key == "rows" else str(value)
+
+
 def plot(results: List[dict], out_dir: Path) -> List[Path]:
+    """One PNG per axis (ranks, dim, precision), a panel per model: ctr (solid) and plain (dashed)
+    samples/s along the axis, one line per combination of the other axes that vary."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,31 +132,39 @@ def plot(results: List[dict], out_dir: Path) -> List[Path]:
 
     written = []
     for axis, label in (("world_size", "ranks"), ("dim", "embedding dim"), ("precision", "precision (tables/comms/dense)")):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        series: Dict[str, List[tuple]] = {}
-        hidden = {"table_precision", "comms_name", "dense_precision"} if axis == "precision" else {axis}
-        varying = [k for k in AXES if k not in hidden and len({str(r["point"][k]) for r in results}) > 1]
-        for r in results:
-            p = r["point"]
-            x = f"{p['table_precision']}/{p['comms_name']}/{p['dense_precision']}" if axis == "precision" else p[axis]
-            key = ", ".join(f"{k}={p[k]}" for k in varying)
-            series.setdefault(key, []).append((x, r["ctr"]["samples_per_second"], r["plain"]["samples_per_second"]))
-        # A series with one point shows no trend along this axis; keep them only if nothing else.
-        trends = {key: points for key, points in series.items() if len(points) > 1} or series
-        for key, points in trends.items():
-            points.sort(key=lambda t: str(t[0]) if axis == "precision" else t[0])
-            xs = [str(t[0]) for t in points] if axis == "precision" else [t[0] for t in points]
-            (line,) = ax.plot(xs, [t[1] for t in points], marker="o", label=f"ctr {key}")
-            ax.plot(xs, [t[2] for t in points], marker="x", linestyle="--", color=line.get_color(),
-                    label=f"plain {key}")
-            if axis != "precision":
-                ax.set_xticks(sorted({t[0] for r_points in trends.values() for t in r_points}))
-        ax.set_xlabel(label)
-        ax.set_ylabel("training samples/s")
-        ax.legend(fontsize=5)
-        fig.tight_layout()
+        hidden = {"model_name", "table_precision", "comms_name", "dense_precision"} if axis == "precision" else {"model_name", axis}
+        panels = {}
+        for model in sorted({r["point"]["model_name"] for r in results}):
+            points = [r for r in results if r["point"]["model_name"] == model]
+            varying = [k for k in AXES if k not in hidden and len({str(r["point"][k]) for r in points}) > 1]
+            series: Dict[str, List[tuple]] = {}
+            for r in points:
+                p = r["point"]
+                x = f"{p['table_precision']}/{p['comms_name']}/{p['dense_precision']}" if axis == "precision" else p[axis]
+                key = ", ".join(f"{SHORT.get(k, k)} {_value(k, p[k])}" for k in varying)
+                series.setdefault(key, []).append((x, r["ctr"]["samples_per_second"], r["plain"]["samples_per_second"]))
+            trends = {key: line for key, line in series.items() if len(line) > 1}
+            if trends:
+                panels[model] = trends
+        # A model with no line along this axis has no panel; with none at all, every point is shown alone.
+        panels = panels or {"all": {"": [(r["point"].get(axis, ""), r["ctr"]["samples_per_second"],
+                                           r["plain"]["samples_per_second"]) for r in results]}}
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), sharey=True, squeeze=False)
+        for ax, (model, trends) in zip(axes[0], panels.items()):
+            for key, line_points in trends.items():
+                line_points.sort(key=lambda t: str(t[0]) if axis == "precision" else t[0])
+                xs = [str(t[0]) for t in line_points] if axis == "precision" else [t[0] for t in line_points]
+                (line,) = ax.plot(xs, [t[1] for t in line_points], marker="o", label=f"ctr {key}")
+                ax.plot(xs, [t[2] for t in line_points], marker="x", linestyle="--", color=line.get_color(),
+                        label=f"plain {key}")
+                if axis != "precision":
+                    ax.set_xticks(sorted({t[0] for points in trends.values() for t in points}))
+            ax.set_title(model)
+            ax.set_xlabel(label)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1)
+        axes[0][0].set_ylabel("training samples/s")
         path = out_dir / f"throughput_{axis}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written

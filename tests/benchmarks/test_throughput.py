@@ -24,7 +24,7 @@ TINY_POINT = [
 def results(tmp_path_factory) -> list:
     sweep = tmp_path_factory.mktemp("sweep")
     proc = subprocess.run(
-        [sys.executable, "benchmarks/throughput.py", "-m", "world_size=1,2", "rows=1000", "dense_precision=fp32",
+        [sys.executable, "benchmarks/throughput.py", "-m", "model_name=deep_crossing", "world_size=1,2", "rows=1000", "dense_precision=fp32",
          *TINY_POINT, f"hydra.sweep.dir={sweep}", "~hydra.callbacks.throughput_report"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
