@@ -10,10 +10,12 @@ from typing import Any, Callable, Dict
 
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-# glibc's malloc maps and unmaps large temporary buffers every step with its default
-# thresholds, which moved CPU training throughput 2-3x on a 2-core machine (DESIGN.md). It
-# reads these variables at start-up only, so the launcher sets them for the ranks it
-# spawns; values already in the environment win, and CTR_MALLOC=glibc keeps glibc's own.
+# glibc's malloc maps and unmaps large temporary buffers every step with its adaptive
+# default thresholds, which moved CPU throughput 2-3x in one measurement (DESIGN.md) and
+# made no measurable difference in benchmarks/throughput.py (RESULTS.md); fixed settings
+# give every run one known allocator. glibc reads them at start-up only, so the launcher
+# sets them for the ranks it spawns; values already in the environment win, and
+# CTR_MALLOC=glibc keeps glibc's own.
 TUNED_MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(32 << 20),  # the largest glibc accepts; fixed, not adaptive
     "MALLOC_TRIM_THRESHOLD_": str(1 << 30),  # keep freed memory instead of returning it
