@@ -1,6 +1,7 @@
 """Runs a function on N local ranks (gloo, CPU), the way torchrun would, for tests."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Tuple
@@ -16,6 +17,14 @@ def _entry(rank: int, fn: Callable, world_size: int, init_method: str, args: Tup
     )
     os.environ[INIT_METHOD_ENV] = init_method
     fn(*args)
+    # The rank's work is done and its results are written. Leave without the interpreter's
+    # teardown, where a C++ thread still joinable in a library's static destructor can
+    # abort the process ("terminate called without an active exception", SIGABRT) now and
+    # then, after a correct run. A failing `fn` raises before this line
+    # and is reported as usual.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn: Callable, world_size: int, *args: Any) -> None:
