@@ -25,7 +25,6 @@ records them.
 """
 
 import itertools
-import json
 import logging
 import os
 import platform
@@ -48,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.plain_baseline import PlainTrainer, build_plain_model, feature_ids  # noqa: E402
 from benchmarks.step_breakdown import breakdown  # noqa: E402
+from ctr.atomic import write_json_atomic  # noqa: E402
 from ctr.config import register_configs  # noqa: E402
 from ctr.data.reader import batches  # noqa: E402
 from ctr.parallel.launcher import launch_workers  # noqa: E402
@@ -330,7 +330,7 @@ def main(point: DictConfig) -> float:
     result = launch_workers(measure_worker, point.world_size, OmegaConf.to_container(cfg, resolve=True),
                             OmegaConf.to_container(point))[0]
     out = Path(HydraConfig.get().runtime.output_dir) / "throughput.json"
-    out.write_text(json.dumps(result, indent=2))
+    write_json_atomic(out, result)
     log.info("%s: ctr %.0f samples/s, plain %.0f samples/s, ratio %.2f (per repetition %s); written to %s",
              " ".join(train_overrides(point)[:2]), result["ctr"]["samples_per_second"],
              result["plain"]["samples_per_second"], result["ratio_to_plain"],

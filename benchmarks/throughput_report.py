@@ -18,6 +18,8 @@ from typing import Dict, List, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from ctr.atomic import write_atomic, write_json_atomic
+
 HERE = Path(__file__).resolve().parent
 STORE = HERE / "throughput.json"
 RESULTS = HERE / "RESULTS.md"
@@ -173,7 +175,7 @@ def plot(results: List[dict], out_dir: Path) -> List[Path]:
 def report(dirs: Sequence[Path] = (), store: Path = STORE, results_md: Path = RESULTS, plot_dir: Path = HERE) -> str:
     """Gathers `dirs` into `store` (if any given), renders it into `results_md` and plots in `plot_dir`."""
     if dirs:
-        store.write_text(json.dumps(gather(dirs), indent=1))
+        write_json_atomic(store, gather(dirs))
     results = sorted(json.loads(store.read_text()), key=lambda r: tuple(str(r["point"][k]) for k in AXES))
     text = markdown(results)
     page = results_md.read_text() if results_md.exists() else ""
@@ -182,7 +184,7 @@ def report(dirs: Sequence[Path] = (), store: Path = STORE, results_md: Path = RE
         page = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
     else:
         page = page.rstrip("\n") + f"\n\n{BEGIN}\n{text}\n{END}\n"
-    results_md.write_text(page)
+    write_atomic(results_md, lambda f: f.write(page.encode()))
     plot(results, plot_dir)
     return text
 
