@@ -69,13 +69,18 @@ def parse_crosses(crosses: Sequence[Mapping], sparse_names: Sequence[str], setti
     return parsed
 
 
+def _starts(lengths: torch.Tensor) -> torch.Tensor:
+    """Where each row's ids begin in a jagged column's values."""
+    return torch.cumsum(lengths, 0) - lengths
+
+
 def _pairs(a: torch.Tensor, a_lengths: torch.Tensor, b: torch.Tensor, b_lengths: torch.Tensor):
     """Per row, every (a, b) of its ids, a-major: the Cartesian product of two jagged columns."""
     lengths = a_lengths * b_lengths
     row = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    position = torch.arange(int(lengths.sum())) - (torch.cumsum(lengths, 0) - lengths)[row]
-    a_at = (torch.cumsum(a_lengths, 0) - a_lengths)[row] + torch.div(position, b_lengths[row], rounding_mode="floor")
-    b_at = (torch.cumsum(b_lengths, 0) - b_lengths)[row] + position % b_lengths[row]
+    position = torch.arange(int(lengths.sum())) - _starts(lengths)[row]
+    a_at = _starts(a_lengths)[row] + torch.div(position, b_lengths[row], rounding_mode="floor")
+    b_at = _starts(b_lengths)[row] + position % b_lengths[row]
     return a[a_at], b[b_at], lengths
 
 
@@ -86,7 +91,7 @@ def _column(columns: Mapping, operand: str) -> Tuple[torch.Tensor, torch.Tensor]
     if index < 0:
         return values, lengths
     has = lengths > index
-    return values[(torch.cumsum(lengths, 0) - lengths + index)[has]], has.long()
+    return values[(_starts(lengths) + index)[has]], has.long()
 
 
 def _mix(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
