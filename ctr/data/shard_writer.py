@@ -99,7 +99,10 @@ class ShardState:
         path = out / PROGRESS_FILE
         if path.exists():
             saved = np.load(path)
-            for name, value in json.loads(str(saved["scalars"])).items():
+            scalars = json.loads(str(saved["scalars"]))
+            if set(scalars) != set(self._SCALARS):
+                raise FileExistsError(f"{path} was saved by another version of ctr; pass overwrite=true to start over")
+            for name, value in scalars.items():
                 setattr(self, name, value)
             self.hll.registers = saved["hll"]
             self.heavy.load_state({k[len("heavy_"):]: saved[k] for k in saved.files if k.startswith("heavy_")})

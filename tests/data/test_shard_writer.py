@@ -2,12 +2,13 @@
 shards per split, the common meta.json merged with its own keys, and a finished directory
 left alone."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ctr.data.shard_writer import Block, ShardInput, write_shards
+from ctr.data.shard_writer import PROGRESS_FILE, BadRowPolicy, Block, ShardInput, input_fingerprint, write_shards
 from ctr.data.shards import ShardSource
 
 
@@ -60,3 +61,23 @@ def test_a_source_of_blocks_gets_shards_per_split_and_the_common_meta(tmp_path):
 def test_the_pass_settings_are_checked_before_the_source_opens(tmp_path, settings, problem):
     with pytest.raises(ValueError, match=problem):
         write_shards(lambda *_: pytest.fail("the source was opened"), str(tmp_path / "out"), **settings)
+
+
+class _ResumableToy(_Toy):
+    resumable = True
+
+
+def test_progress_saved_in_another_layout_is_refused_not_misread(tmp_path):
+    """An older ctr saved its Criteo position as top-level scalars; resuming from it would re-read the input."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+    out.mkdir()
+    toy = _ResumableToy(path, BadRowPolicy.error, 4, 4)
+    old = {"file_index": 1, "offset": 0, "line": 1, "rows": 3, "shards": [], "bad": {}, "examples": [],
+           "positives": 1, "missing": [0, 0], "negative": [0], "raw_max": [0], "dense_sum": [3.0]}
+    np.savez(out / PROGRESS_FILE, fingerprint=input_fingerprint(toy.inputs, toy.settings), scalars=json.dumps(old))
+    with pytest.raises(FileExistsError, match="another version of ctr; pass overwrite=true"):
+        write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    meta = write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, overwrite=True,
+                        progress_bar=False)
+    assert meta["num_rows"] == 7
