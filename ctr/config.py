@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from ctr.data.schema import SchemaConfig
+from ctr.data.shard_writer import CHUNK_ROWS, SHARD_ROWS, BadRowPolicy
+from ctr.data.shards import SHUFFLE_BUFFER, SplitBy
 
 
 @dataclass
@@ -38,13 +40,13 @@ class CriteoDataConfig:
 
     _target_: str = "ctr.data.shards.ShardSource"
     path: str = MISSING
-    split_by: str = "ratio"
+    split_by: SplitBy = SplitBy.ratio
     train_ratio: float = 0.8
     val_ratio: float = 0.1
     train_days: List[int] = field(default_factory=lambda: list(range(23)))
     val_days: List[int] = field(default_factory=list)
     test_days: List[int] = field(default_factory=lambda: [23])
-    shuffle_buffer: int = 65536
+    shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
     verify_checksums: bool = False
 
@@ -57,7 +59,7 @@ class CsvDataConfig:
     _target_: str = "ctr.data.tabular.csv_shards"
     path: str = MISSING
     schema: SchemaConfig = field(default_factory=SchemaConfig)
-    shuffle_buffer: int = 65536
+    shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
     verify_checksums: bool = False
 
@@ -70,12 +72,12 @@ class PreprocessConfig:
     _target_: str = "ctr.data.preprocess.preprocess"
     input: str = MISSING
     output: str = MISSING
-    on_bad_row: str = "error"
-    log1p: bool = True
-    dense_columns: Optional[List[str]] = None
-    sparse_columns: Optional[List[str]] = None
-    shard_rows: int = 262_144
-    chunk_rows: int = 16_384
+    on_bad_row: BadRowPolicy = BadRowPolicy.error
+    log1p: bool = True  # integer features: empty → 0, negative → 0, then log(1+x)
+    dense_columns: Optional[List[str]] = None  # null: all of I1..I13
+    sparse_columns: Optional[List[str]] = None  # null: all of C1..C26
+    shard_rows: int = SHARD_ROWS  # rows per shard
+    chunk_rows: int = CHUNK_ROWS  # lines parsed at a time
     overwrite: bool = False
     progress_bar: bool = True
     data: Optional[CsvDataConfig] = None

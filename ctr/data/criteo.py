@@ -17,13 +17,13 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ctr.data.ids import splitmix64, to_id
+from ctr.data.shard_writer import BadLine
 
-LABEL = "label"
 DENSE: List[str] = [f"I{i}" for i in range(1, 14)]
 SPARSE: List[str] = [f"C{i}" for i in range(1, 27)]
 NUM_FIELDS = 1 + len(DENSE) + len(SPARSE)
@@ -48,14 +48,6 @@ class CriteoFile:
 
     path: Path
     day: Optional[int]
-
-
-class BadLine(NamedTuple):
-    """A malformed line: its 1-based number, a short kind for counting, and the problem in words."""
-
-    line: int
-    kind: str
-    message: str
 
 
 @dataclass

@@ -7,6 +7,7 @@ which side tables to join, and how to split. `ctr.data.tabular` applies it.
 """
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import List, Optional
 
 from omegaconf import MISSING
@@ -30,6 +31,22 @@ class LabelConfig:
     threshold: Optional[float] = None
 
 
+class Normalization(StrEnum):
+    """`normalize` of a dense feature (see `DenseConfig`)."""
+
+    none = "none"
+    standardize = "standardize"
+    minmax = "minmax"
+
+
+class SplitRule(StrEnum):
+    """`split.by` (see `SplitConfig`)."""
+
+    ratio = "ratio"
+    timestamp = "timestamp"
+    files = "files"
+
+
 @dataclass
 class DenseConfig:
     """A numeric feature. Empty → `fill`; then log(1+max(x, 0)) if `log1p`; then `normalize`:
@@ -39,7 +56,7 @@ class DenseConfig:
     column: str = MISSING
     fill: float = 0.0
     log1p: bool = False
-    normalize: str = "none"
+    normalize: Normalization = Normalization.none
 
 
 @dataclass
@@ -88,7 +105,7 @@ class SplitConfig:
     `dedup_key`: test rows whose key columns also appear in a non-test row are dropped.
     """
 
-    by: str = "ratio"
+    by: SplitRule = SplitRule.ratio
     test_ratio: float = 0.2
     val_ratio: float = 0.0
     timestamp_column: Optional[str] = None

@@ -7,6 +7,7 @@ they were written (`split_by="preprocessed"`).
 """
 
 import functools
+from enum import StrEnum
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -16,7 +17,17 @@ from ctr.data.rows import Rows, concat_rows
 from ctr.data.shard_format import InvalidShardDirectory, data_sha256, read_meta, shard_file
 
 SPLITS = ("train", "val", "test")
+SHUFFLE_BUFFER = 65536
 _OPEN_SHARDS = 64
+
+
+class SplitBy(StrEnum):
+    """`data.split_by`: consecutive rows by ratios, whole Criteo days, or the split each
+    shard was written for."""
+
+    ratio = "ratio"
+    day = "day"
+    preprocessed = "preprocessed"
 
 
 class ShardSource:
@@ -33,13 +44,13 @@ class ShardSource:
     def __init__(
         self,
         path: str,
-        split_by: str = "ratio",
+        split_by: str = SplitBy.ratio,
         train_ratio: float = 0.8,
         val_ratio: float = 0.1,
         train_days: Sequence[int] = tuple(range(23)),
         val_days: Sequence[int] = (),
         test_days: Sequence[int] = (23,),
-        shuffle_buffer: int = 65536,
+        shuffle_buffer: int = SHUFFLE_BUFFER,
         seed: int = 0,
         verify_checksums: bool = False,
     ) -> None:
@@ -62,14 +73,13 @@ class ShardSource:
         self._window = functools.lru_cache(maxsize=2)(self._read_window)
         if verify_checksums:
             self._verify(meta)
-        if split_by == "ratio":
+        split_by = SplitBy(split_by)
+        if split_by == SplitBy.ratio:
             self._segments = _ratio_segments(meta["shards"], train_ratio, val_ratio)
-        elif split_by == "day":
+        elif split_by == SplitBy.day:
             self._segments = _day_segments(meta["shards"], {"train": train_days, "val": val_days, "test": test_days}, path)
-        elif split_by == "preprocessed":
-            self._segments = _preprocessed_segments(meta["shards"], path)
         else:
-            raise ValueError(f"data.split_by={split_by!r}: expected 'ratio', 'day' or 'preprocessed'")
+            self._segments = _preprocessed_segments(meta["shards"], path)
         if shuffle_buffer < 0:
             raise ValueError(f"data.shuffle_buffer={shuffle_buffer}: expected >= 0 (0: no shuffling)")
         self._shuffle_buffer = shuffle_buffer
@@ -199,7 +209,6 @@ def _day_segments(shards: List[dict], days: Dict[str, Sequence[int]], path: str)
         pieces = [(s["index"], 0, s["rows"]) for day in chosen for s in shards if s["day"] == day]
         result[split] = _segments(pieces)
     return result
-
 
 
 def _preprocessed_segments(shards: List[dict], path: str) -> Dict[str, Segments]:

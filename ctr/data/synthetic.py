@@ -26,19 +26,20 @@ _NUM_INTERACTING_PAIRS = 12
 
 
 class SyntheticCriteo:
-    """Criteo-shaped rows with a known click model. See the module docstring."""
+    """Criteo-shaped rows with a known click model. See the module docstring; the settings'
+    defaults are `ctr.config.SyntheticDataConfig`'s."""
 
     def __init__(
         self,
-        num_dense: int = 13,
-        num_sparse: int = 26,
-        vocab_min: int = 10,
-        vocab_max: int = 100_000,
-        zipf_exponent: float = 1.1,
-        train_rows: int = 2_000_000,
-        val_rows: int = 50_000,
-        test_rows: int = 100_000,
-        seed: int = 0,
+        num_dense: int,
+        num_sparse: int,
+        vocab_min: int,
+        vocab_max: int,
+        zipf_exponent: float,
+        train_rows: int,
+        val_rows: int,
+        test_rows: int,
+        seed: int,
     ) -> None:
         if not 1 <= vocab_min <= vocab_max:
             raise ValueError(f"data.vocab_min={vocab_min} and data.vocab_max={vocab_max}: need 1 <= min <= max")

@@ -1,11 +1,11 @@
 """Delimited files (CSV/TSV) described by a schema (`ctr.data.schema`) → columnar shards.
 
-Same skeleton, shard format and bad-row policy as the Criteo pass (`ctr.data.preprocess`):
-one streaming pass over the main files, side tables held in memory as key → row, each
-shard written for one split (read back with `ShardSource(split_by="preprocessed")`),
-`meta.json` last. A light first pass reads only the main files' raw fields when the
-split needs all rows first (the timestamp cut-off, or the keys to de-duplicate by).
-Inputs this size are re-read from the start if interrupted.
+The schema's source for the shard writer (`ctr.data.shard_writer`): one streaming pass
+over the main files, side tables held in memory as key → row, each shard written for one
+split (read back with `ShardSource(split_by="preprocessed")`). A light first pass reads
+only the main files' raw fields when the split needs all rows first (the timestamp
+cut-off, or the keys to de-duplicate by). Inputs this size are re-read from the start if
+interrupted.
 
 Categorical ids: id = splitmix64(blake2b-64(namespace + "\\x1f" + value)) >> 1, where
 blake2b-64 is the 8-byte BLAKE2b digest read little-endian and the namespace is the
@@ -17,30 +17,19 @@ import csv
 import functools
 import hashlib
 import json
-import logging
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
-from ctr.data.criteo import BadLine
+from ctr.data import shard_writer
 from ctr.data.ids import splitmix64, to_id
-from ctr.atomic import write_json_atomic
-from ctr.data.preprocess import ShardState, ShardWriter, input_fingerprint, prepare_output
 from ctr.data.rows import BAG_PAD
-from ctr.data.schema import DelimitedFileConfig, SchemaConfig, SparseConfig
-from ctr.data.shard_format import FORMAT, META_FILE
-from ctr.data.shards import SPLITS, ShardSource
-
-log = logging.getLogger(__name__)
-
-_POLICIES = ("error", "skip")
-_SPLIT_BY = ("ratio", "timestamp", "files")
-_NORMALIZE = ("none", "standardize", "minmax")
+from ctr.data.schema import DelimitedFileConfig, Normalization, SchemaConfig, SparseConfig, SplitRule
+from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardInput, ShardState
+from ctr.data.shards import SHUFFLE_BUFFER, SPLITS, ShardSource, SplitBy
 
 
 class CsvFormatError(ValueError):
@@ -63,9 +52,8 @@ def hash_ids(namespace: str, values: Sequence[str]) -> np.ndarray:
 
 
 def as_schema(schema) -> SchemaConfig:
-    """The schema as typed dataclasses, whether given as such, as a DictConfig or as a dict."""
-    if isinstance(schema, SchemaConfig):
-        return schema
+    """The schema as typed dataclasses, checked against `SchemaConfig` (keys, types, choices),
+    whether given as such, as a DictConfig or as a dict."""
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SchemaConfig), schema))
 
 
@@ -184,9 +172,6 @@ class _Features:
         self.schema = schema
         self.label = layout.locate(schema.label.column, "label.column")
         self.dense = [layout.locate(d.column, f"dense[{j}].column") for j, d in enumerate(schema.dense)]
-        for j, d in enumerate(schema.dense):
-            if d.normalize not in _NORMALIZE:
-                raise CsvFormatError(f"data.schema.dense[{j}].normalize={d.normalize!r}: expected one of {list(_NORMALIZE)}")
         self.single = [s for s in schema.sparse if not _is_bag(s)]
         self.bags = [s for s in schema.sparse if _is_bag(s)]
         index = {id(s): j for j, s in enumerate(schema.sparse)}
@@ -261,6 +246,12 @@ class _Block:
     dense: List[List[float]] = field(default_factory=list)
     single: List[List[str]] = field(default_factory=list)
     bags: List[List[List[str]]] = field(default_factory=list)
+    missing: List[List[bool]] = field(default_factory=list)
+
+    def add(self, label: float, dense: List[float], single: List[str], bags: List[List[str]],
+            missing: List[bool]) -> None:
+        self.labels.append(label), self.dense.append(dense), self.single.append(single)
+        self.bags.append(bags), self.missing.append(missing)
 
     def columns(self, features: _Features, truncated: Dict[str, int]) -> Dict[str, np.ndarray]:
         n = len(self.labels)
@@ -308,9 +299,9 @@ class _DenseStats:
         """Per dense column: value ← (value - shift) · scale."""
         shift, scale = [], []
         for j, spec in enumerate(schema.dense):
-            if spec.normalize == "none" or not self.count:
+            if spec.normalize == Normalization.none or not self.count:
                 shift.append(0.0), scale.append(1.0)
-            elif spec.normalize == "standardize":
+            elif spec.normalize == Normalization.standardize:
                 mean = self.total[j] / self.count
                 std = float(np.sqrt(max(self.squares[j] / self.count - mean**2, 0.0)))
                 shift.append(float(mean)), scale.append(1.0 / std if std > 0 else 1.0)
@@ -325,17 +316,15 @@ class _Splitter:
 
     def __init__(self, schema: SchemaConfig, main_files: List[Path], test_files: List[Path], main: _Table) -> None:
         split = schema.split
-        if split.by not in _SPLIT_BY:
-            raise CsvFormatError(f"data.schema.split.by={split.by!r}: expected one of {list(_SPLIT_BY)}")
-        if split.by == "files" and not test_files:
+        if split.by == SplitRule.files and not test_files:
             raise CsvFormatError("data.schema.split.by=files needs data.schema.test_files")
-        if split.by != "files" and test_files:
-            raise CsvFormatError(f"data.schema.test_files is set, but data.schema.split.by={split.by!r}; use by: files")
+        if split.by != SplitRule.files and test_files:
+            raise CsvFormatError(f"data.schema.test_files is set, but data.schema.split.by='{split.by}'; use by: files")
         if not (0 <= split.test_ratio < 1 and 0 <= split.val_ratio and split.test_ratio + split.val_ratio < 1):
             raise CsvFormatError(f"data.schema.split: test_ratio={split.test_ratio}, val_ratio={split.val_ratio}: "
                                  "need both >= 0 and their sum < 1")
         self.split, self.test_files = split, set(test_files)
-        self.timestamp = main.index(split.timestamp_column, "split.timestamp_column") if split.by == "timestamp" else None
+        self.timestamp = main.index(split.timestamp_column, "split.timestamp_column") if split.by == SplitRule.timestamp else None
         self.key = [main.index(c, "split.dedup_key") for c in split.dedup_key]
         self.cutoff: Optional[float] = None
         self.seen: set = set()
@@ -373,9 +362,9 @@ class _Splitter:
 
     def _draw(self, path: Path, fields: List[str], u: float) -> str:
         split = self.split
-        if split.by == "files":
+        if split.by == SplitRule.files:
             test = path in self.test_files
-        elif split.by == "timestamp":
+        elif split.by == SplitRule.timestamp:
             stamp = _number(fields, self.timestamp)
             test = not np.isnan(stamp) and stamp >= self.cutoff
         else:
@@ -400,86 +389,62 @@ def _number(fields: List[str], index: int) -> float:
         return float("nan")
 
 
-def preprocess_csv(
-    schema,
-    output: str,
-    on_bad_row: str = "error",
-    shard_rows: int = 262_144,
-    chunk_rows: int = 16_384,
-    overwrite: bool = False,
-    progress_bar: bool = True,
-) -> dict:
+def preprocess_csv(schema, output: str, **options) -> dict:
     """Turns the files `schema` describes into shards in `output`; returns the meta.json content.
 
-    `on_bad_row`: "error" stops at the first malformed record, naming file, line and
-    problem; "skip" drops it and counts it in meta.json. The schema's columns, side tables
-    and split settings are checked before any row is written.
+    `options`: the pass's settings, as `ctr.data.shard_writer.write_shards` takes them
+    (on_bad_row, shard_rows, chunk_rows, overwrite, progress_bar). The schema's columns,
+    side tables and split settings are checked before any row is written.
     """
-    started = time.perf_counter()
     schema = as_schema(schema)
-    if on_bad_row not in _POLICIES:
-        raise ValueError(f"on_bad_row={on_bad_row!r}: expected one of {list(_POLICIES)}")
-    if shard_rows < 1 or chunk_rows < 1:
-        raise ValueError(f"shard_rows={shard_rows}, chunk_rows={chunk_rows}: both must be >= 1")
-    if not schema.files:
-        raise CsvFormatError("data.schema.files is empty: list the files to read (relative to data.schema.root)")
-    root = Path(schema.root)
-    train_files = [root / f for f in schema.files]
-    test_files = [root / f for f in schema.test_files]
-    main_files = train_files + test_files  # training files first: their keys de-duplicate the test rows
-    main = _Table(main_files[0], schema, "")
-    layout = _Layout(schema, main, root)
-    features = _Features(schema, layout)
-    splitter = _Splitter(schema, main_files, test_files, main)
-    settings = {"schema": asdict(schema), "on_bad_row": on_bad_row, "shard_rows": shard_rows}
-    inputs = main_files + [side.table.path for side in layout.sides]
-    fingerprint = input_fingerprint(inputs, settings)
-    out = Path(output)
-    done = prepare_output(out, fingerprint, overwrite)
-    if done is not None:
-        log.info("%s already holds these shards (%d rows); nothing to do", out, done["num_rows"])
-        return done
+    return shard_writer.write_shards(lambda *settings: _CsvInput(schema, *settings), output, **options)
 
-    state = ShardState(fingerprint, len(schema.dense), len(features.single))
-    columns = ["label", *(d.column for d in schema.dense), *(s.name for s in features.single),
-               *(s.name for s in features.bags)]
-    writers = {split: ShardWriter(out, columns, shard_rows, state, split) for split in SPLITS}
-    blocks = {split: _Block() for split in SPLITS}
-    stats, truncated = _DenseStats(), {s.name: 0 for s in features.bags}
-    split_rows = {split: 0 for split in SPLITS}
-    split_positives = {split: 0 for split in SPLITS}
-    width = len(main.columns)
-    bar = tqdm(unit=" rows", unit_scale=True, disable=not progress_bar, desc="preprocess")
 
-    def emit(split: str, path: Path) -> None:
-        block, blocks[split] = blocks[split], _Block()
-        if not block.labels:
-            return
-        cols = block.columns(features, truncated)
-        ids = np.stack([cols[s.name] for s in features.single], 1) if features.single else np.zeros((len(block.labels), 0), np.int64)
-        state.hll.update(ids)
-        state.heavy.update(ids)
-        dense = np.array(block.dense, np.float64).reshape(len(block.labels), len(schema.dense))
-        if split == "train":
-            stats.update(dense)
-        state.dense_sum = (np.array(state.dense_sum) + dense.sum(0)).tolist()
-        split_rows[split] += len(block.labels)
-        split_positives[split] += int(sum(block.labels))
-        writer = writers[split]
-        start = 0
-        while start < len(block.labels):
-            take = min(writer.room(), len(block.labels) - start)
-            writer.add({name: values[start:start + take] for name, values in cols.items()})
-            start += take
-            if not writer.room():
-                writer.flush(path.name)
+class _CsvInput(ShardInput):
+    """The schema's main files as blocks of rows per split, joined with its side tables."""
 
-    for path, rng in splitter.files(main_files):
-        table = _Table(path, schema, "")
-        if table.columns != main.columns:
-            raise CsvFormatError(f"{path}: header {table.columns} differs from {main_files[0]}'s {main.columns}")
+    name = "csv"
+    splits = SPLITS
+    error = CsvFormatError
+
+    def __init__(self, schema: SchemaConfig, policy: shard_writer.BadRowPolicy, shard_rows: int, chunk_rows: int) -> None:
+        if not schema.files:
+            raise CsvFormatError("data.schema.files is empty: list the files to read (relative to data.schema.root)")
+        root = Path(schema.root)
+        test_files = [root / f for f in schema.test_files]
+        # Training files first: their keys de-duplicate the test rows.
+        self._files = [root / f for f in schema.files] + test_files
+        self._schema, self._policy, self._chunk_rows = schema, policy, chunk_rows
+        self._main = _Table(self._files[0], schema, "")
+        self._layout = _Layout(schema, self._main, root)
+        self._features = _Features(schema, self._layout)
+        self._splitter = _Splitter(schema, self._files, test_files, self._main)
+        self.input = str(schema.root)
+        self.description = ", ".join(str(f) for f in self._files)
+        self.inputs = self._files + [side.table.path for side in self._layout.sides]
+        self.settings = {"schema": asdict(schema), "on_bad_row": policy, "shard_rows": shard_rows}
+        self.dense = [d.column for d in schema.dense]
+        self.sparse = [s.name for s in self._features.single]
+        self._bags = [s.name for s in self._features.bags]
+        self.columns = ["label", *self.dense, *self.sparse, *self._bags]
+        self._stats = _DenseStats()
+        self._truncated = {name: 0 for name in self._bags}
+        self._rows = {split: 0 for split in SPLITS}
+        self._positives = {split: 0 for split in SPLITS}
+
+    def files(self, state: ShardState, room: Room) -> Iterator[FileBlocks]:
+        for path, rng in self._splitter.files(self._files):
+            table = _Table(path, self._schema, "")
+            if table.columns != self._main.columns:
+                raise CsvFormatError(f"{path}: header {table.columns} differs from {self._files[0]}'s {self._main.columns}")
+            yield path.name, None, self._blocks(path, table, rng, state)
+
+    def _blocks(self, path: Path, table: _Table, rng: np.random.Generator, state: ShardState) -> Iterator[Block]:
+        """Blocks of up to `chunk_rows` rows per split as they fill, then each split's rest closing it."""
+        blocks = {split: _Block() for split in SPLITS}
+        width = len(self._main.columns)
         for line, fields in table.records():
-            split = splitter.assign(path, fields, rng.random())
+            split = self._splitter.assign(path, fields, rng.random())
             problem = None
             if len(fields) != width:
                 problem = BadLine(line, "field count", f"{len(fields)} fields, expected {width}")
@@ -487,110 +452,79 @@ def preprocess_csv(
                 continue
             else:
                 try:
-                    label, dense, single, bags, missing = features.parse(layout.joined(fields))
+                    label, dense, single, bags, missing = self._features.parse(self._layout.joined(fields))
                 except ValueError as error:
                     problem = BadLine(line, "value", str(error))
             if problem is not None:
-                if on_bad_row == "error":
-                    raise CsvFormatError(f"{path}:{line}: {problem.message} (on_bad_row=error; on_bad_row=skip drops such rows)")
-                state.record_bad(path, problem)
+                state.record_bad(path, problem, self._policy, CsvFormatError,
+                                 " (on_bad_row=error; on_bad_row=skip drops such rows)")
                 continue
             block = blocks[split]
-            block.labels.append(label), block.dense.append(dense), block.single.append(single), block.bags.append(bags)
-            state.missing = [m + x for m, x in zip(state.missing, missing + [v == "" for v in single])]
-            bar.update(1)
-            if len(block.labels) >= chunk_rows:
-                emit(split, path)
-        for split in SPLITS:
-            emit(split, path)
-            writers[split].flush(path.name)
-    bar.close()
-    _check(schema, main_files, layout, state, split_rows, split_positives)
-    meta = _meta(schema, features, main_files, layout, fingerprint, settings, state, stats, truncated,
-                 split_rows, split_positives, splitter)
-    seconds = time.perf_counter() - started
-    meta["last_run"] = {"rows": state.rows, "seconds": round(seconds, 3), "rows_per_second": round(state.rows / max(seconds, 1e-9))}
-    write_json_atomic(out / META_FILE, meta)
-    for stale in out.glob("progress*"):
-        stale.unlink()
-    log.info("%s: %d rows in %d shards (%s) in %.1f s", out, state.rows, len(state.shards), split_rows, seconds)
-    return meta
+            block.add(label, dense, single, bags, missing + [v == "" for v in single])
+            if len(block.labels) >= self._chunk_rows:
+                blocks[split] = _Block()
+                yield self._packed(split, block)
+        for split, block in blocks.items():
+            yield self._packed(split, block, closes_split=True)
 
+    def _packed(self, split: str, block: _Block, closes_split: bool = False) -> Block:
+        """A split's collected rows as columns; adds their dense values to the train statistics."""
+        rows = len(block.labels)
+        dense = np.array(block.dense, np.float64).reshape(rows, len(self.dense))
+        if split == "train":
+            self._stats.update(dense)
+        self._rows[split] += rows
+        self._positives[split] += int(sum(block.labels))
+        missing = np.array(block.missing, np.int64).reshape(rows, len(self.dense) + len(self.sparse)).sum(0)
+        return Block(block.columns(self._features, self._truncated), missing, dense.sum(0), split, closes_split)
 
-def _check(schema: SchemaConfig, files: List[Path], layout: _Layout, state: ShardState,
-           split_rows: Dict[str, int], split_positives: Dict[str, int]) -> None:
-    """Fails on an unusable result: no rows, joins missing too often, or a label with one class."""
-    listed = ", ".join(str(f) for f in files)
-    if not state.rows:
-        raise CsvFormatError(f"{listed}: no valid rows ({sum(state.bad.values())} bad rows skipped); nothing written")
-    looked_up = state.rows + sum(state.bad.values())
-    for j, side in enumerate(layout.sides):
-        fraction = side.unmatched / max(looked_up, 1)
-        if fraction > side.max_unmatched_fraction:
+    def check(self, state: ShardState) -> None:
+        """Fails on joins missing too often, or on a label with one class."""
+        schema = self._schema
+        looked_up = state.rows + sum(state.bad.values())
+        for j, side in enumerate(self._layout.sides):
+            fraction = side.unmatched / max(looked_up, 1)
+            if fraction > side.max_unmatched_fraction:
+                raise CsvFormatError(
+                    f"{side.table.path}: {side.unmatched} of {looked_up} rows ({fraction:.1%}) of {self.description} "
+                    f"have no match for data.schema.joins[{j}].join_column={schema.joins[j].join_column!r}, more than "
+                    f"data.schema.joins[{j}].max_unmatched_fraction={side.max_unmatched_fraction}"
+                )
+        positives, rows = self._positives["train"], self._rows["train"]
+        if positives in (0, rows):
+            rule = schema.label
             raise CsvFormatError(
-                f"{side.table.path}: {side.unmatched} of {looked_up} rows ({fraction:.1%}) of {listed} have no match "
-                f"for data.schema.joins[{j}].join_column={schema.joins[j].join_column!r}, more than "
-                f"data.schema.joins[{j}].max_unmatched_fraction={side.max_unmatched_fraction}"
+                f"{self.description}: data.schema.label (column={rule.column!r}, threshold={rule.threshold}) makes "
+                f"every one of the {rows} train rows {int(positives > 0)}; a click model needs both classes"
             )
-    positives, rows = split_positives["train"], split_rows["train"]
-    if positives in (0, rows):
-        rule = schema.label
-        raise CsvFormatError(
-            f"{listed}: data.schema.label (column={rule.column!r}, threshold={rule.threshold}) makes every one of the "
-            f"{rows} train rows {int(positives > 0)}; a click model needs both classes"
-        )
+
+    def meta(self, state: ShardState) -> dict:
+        shared: Dict[str, List[str]] = {}
+        for spec in self._schema.sparse:
+            if spec.table:
+                shared.setdefault(spec.table, []).append(spec.name)
+        return {
+            "files": [{"name": str(f), "bytes": f.stat().st_size} for f in self._files],
+            "bags": self._bags,
+            "bag_lengths": self._features.bag_lengths,
+            "shared_tables": shared,
+            "dense_transform": self._stats.transform(self._schema),
+            "dtypes": {"bags": f"int64, padded with {BAG_PAD}"},
+            "splits": {s: {"rows": self._rows[s], "positives": self._positives[s]} for s in SPLITS},
+            "test_rows_deduplicated": self._splitter.duplicates,
+            "timestamp_cutoff": self._splitter.cutoff,
+            "joins": [{"path": str(side.table.path), "unmatched_rows": side.unmatched} for side in self._layout.sides],
+            "stats": {"bags_truncated": self._truncated},
+        }
 
 
-def _meta(schema: SchemaConfig, features: _Features, files: List[Path], layout: _Layout, fingerprint: str,
-          settings: dict, state: ShardState, stats: _DenseStats, truncated: Dict[str, int],
-          split_rows: Dict[str, int], split_positives: Dict[str, int], splitter: _Splitter) -> dict:
-    dense = [d.column for d in schema.dense]
-    single = [s.name for s in features.single]
-    bags = [s.name for s in features.bags]
-    shared: Dict[str, List[str]] = {}
-    for spec in schema.sparse:
-        if spec.table:
-            shared.setdefault(spec.table, []).append(spec.name)
-    distinct = state.hll.estimates()
-    return {
-        "format": FORMAT,
-        "source": "csv",
-        "input": str(schema.root),
-        "files": [{"name": str(f), "bytes": f.stat().st_size} for f in files],
-        "fingerprint": fingerprint,
-        "settings": settings,
-        "label": "label",
-        "dense": dense,
-        "sparse": single,
-        "bags": bags,
-        "bag_lengths": features.bag_lengths,
-        "shared_tables": shared,
-        "dense_transform": stats.transform(schema),
-        "columns": ["label", *dense, *single, *bags],
-        "dtypes": {"label": "float32", "dense": "float32", "sparse": "int64", "bags": f"int64, padded with {BAG_PAD}"},
-        "num_rows": state.rows,
-        "shards": state.shards,
-        "bad_rows": {"total": sum(state.bad.values()), "by_kind": state.bad, "examples": state.examples},
-        "splits": {s: {"rows": split_rows[s], "positives": split_positives[s]} for s in SPLITS},
-        "test_rows_deduplicated": splitter.duplicates,
-        "timestamp_cutoff": splitter.cutoff,
-        "joins": [{"path": str(side.table.path), "unmatched_rows": side.unmatched} for side in layout.sides],
-        "stats": {
-            "dense": {name: {"missing": state.missing[j], "mean": state.dense_sum[j] / state.rows}
-                      for j, name in enumerate(dense)},
-            "sparse": {name: {"missing": state.missing[len(dense) + j], "distinct_estimate": distinct[j]}
-                       for j, name in enumerate(single)},
-            "bags_truncated": truncated,
-        },
-    }
-
-
-def csv_shards(path: str, schema, shuffle_buffer: int = 65536, seed: int = 0, verify_checksums: bool = False) -> ShardSource:
+def csv_shards(path: str, schema, shuffle_buffer: int = SHUFFLE_BUFFER, seed: int = 0,
+               verify_checksums: bool = False) -> ShardSource:
     """The RowSource of `data=<csv data set>`: its shards, split as preprocessing assigned the rows.
 
     Refuses shards written from another schema, so a changed schema is never trained on stale shards.
     """
-    source = ShardSource(path, split_by="preprocessed", shuffle_buffer=shuffle_buffer, seed=seed,
+    source = ShardSource(path, split_by=SplitBy.preprocessed, shuffle_buffer=shuffle_buffer, seed=seed,
                          verify_checksums=verify_checksums)
     written = source.meta.get("settings", {}).get("schema")
     if written != json.loads(json.dumps(asdict(as_schema(schema)))):

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from ctr.data.preprocess import PROGRESS_FILE, preprocess
+from ctr.data.preprocess import preprocess
 from ctr.data.shard_format import InvalidShardDirectory, read_meta
+from ctr.data.shard_writer import PROGRESS_FILE
 from ctr.data.shards import ShardSource
 from tests.conftest import REPO
 from tests.data.criteo_files import criteo_lines, write_criteo

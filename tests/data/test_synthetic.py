@@ -1,20 +1,27 @@
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from torchmetrics.functional.classification import binary_auroc
 
+from ctr.config import SyntheticDataConfig
 from ctr.data.reader import batches, num_steps, prefetch, rank_ranges
 from ctr.data.rows import rows_to_batch
 from ctr.data.synthetic import SyntheticCriteo
 
 
+def _synthetic(**settings) -> SyntheticCriteo:
+    """The source `data=synthetic` builds, with the config's defaults for what `settings` leaves out."""
+    return instantiate(SyntheticDataConfig(**settings))
+
+
 def _source(**kwargs) -> SyntheticCriteo:
     defaults = dict(num_dense=4, num_sparse=5, vocab_min=5, vocab_max=1000, train_rows=5000, val_rows=100, test_rows=3000)
-    return SyntheticCriteo(**{**defaults, **kwargs})
+    return _synthetic(**{**defaults, **kwargs})
 
 
 def test_criteo_shape_by_default():
-    rows = SyntheticCriteo(train_rows=10).rows("train", 0, 10)
+    rows = _synthetic(train_rows=10).rows("train", 0, 10)
     assert rows.dense.shape == (10, 13) and rows.ids.shape == (10, 26)
     assert rows.dense.dtype == np.float32 and rows.ids.dtype == np.int64 and rows.labels.dtype == np.float32
 

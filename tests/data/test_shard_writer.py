@@ -1,0 +1,83 @@
+"""The shard writer: a source that supplies only blocks of rows and its own statistics gets
+shards per split, the common meta.json merged with its own keys, and a finished directory
+left alone."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctr.data.shard_writer import PROGRESS_FILE, BadRowPolicy, Block, ShardInput, input_fingerprint, write_shards
+from ctr.data.shards import ShardSource
+
+
+def _block(split: str, first: int, stop: int, closes_split: bool = False) -> Block:
+    x = np.arange(first, stop, dtype=np.float32)
+    columns = {"label": (x % 2).astype(np.float32), "x": x, "id": np.arange(first, stop, dtype=np.int64) % 3}
+    return Block(columns, missing=np.array([0, stop - first]), dense_sum=x.sum(0, dtype=np.float64)[None],
+                 split=split, closes_split=closes_split)
+
+
+class _Toy(ShardInput):
+    """Seven rows of one file: train rows 0..2, test rows 3..6."""
+
+    name = "toy"
+    splits = ("train", "test")
+    dense, sparse, columns = ["x"], ["id"], ["label", "x", "id"]
+
+    def __init__(self, path: Path, policy, shard_rows: int, chunk_rows: int) -> None:
+        self.input = self.description = str(path)
+        self.inputs = [path]
+        self.settings = {"on_bad_row": policy, "shard_rows": shard_rows}
+
+    def files(self, state, room):
+        yield "rows.txt", None, iter([_block("train", 0, 3), _block("test", 3, 5),
+                                      _block("train", 5, 5, closes_split=True), _block("test", 5, 7, closes_split=True)])
+
+    def meta(self, state) -> dict:
+        return {"stats": {"dense": {"x": {"max": 9.0}}}, "toy_rows": state.rows}
+
+
+def test_a_source_of_blocks_gets_shards_per_split_and_the_common_meta(tmp_path):
+    (tmp_path / "rows.txt").write_text("seven rows\n")
+    meta = write_shards(lambda *settings: _Toy(tmp_path / "rows.txt", *settings), str(tmp_path / "out"), shard_rows=4,
+                        progress_bar=False)
+    # The train rest is written when its closing block arrives, before test's closing block fills a shard.
+    assert [(s["split"], s["rows"]) for s in meta["shards"]] == [("train", 3), ("test", 4)]
+    assert meta["source"] == "toy" and meta["num_rows"] == 7 and meta["toy_rows"] == 7
+    assert meta["stats"]["dense"]["x"] == {"missing": 0, "mean": 3.0, "max": 9.0}
+    assert meta["stats"]["sparse"]["id"]["missing"] == 7 and meta["settings"]["on_bad_row"] == "error"
+    source = ShardSource(str(tmp_path / "out"), split_by="preprocessed", shuffle_buffer=0)
+    assert source.rows("train", 0, 3).dense[:, 0].tolist() == [0, 1, 2]
+    assert source.rows("test", 0, 4).dense[:, 0].tolist() == [3, 4, 5, 6]
+    # The same input again: the stored meta (its last_run included) comes back, nothing is rewritten.
+    again = write_shards(lambda *settings: _Toy(tmp_path / "rows.txt", *settings), str(tmp_path / "out"),
+                         shard_rows=4, progress_bar=False)
+    assert again == meta
+
+
+@pytest.mark.parametrize("settings,problem", [({"on_bad_row": "drop"}, "drop"), ({"shard_rows": 0}, "shard_rows=0")])
+def test_the_pass_settings_are_checked_before_the_source_opens(tmp_path, settings, problem):
+    with pytest.raises(ValueError, match=problem):
+        write_shards(lambda *_: pytest.fail("the source was opened"), str(tmp_path / "out"), **settings)
+
+
+class _ResumableToy(_Toy):
+    resumable = True
+
+
+def test_progress_saved_in_another_layout_is_refused_not_misread(tmp_path):
+    """An older ctr saved its Criteo position as top-level scalars; resuming from it would re-read the input."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+    out.mkdir()
+    toy = _ResumableToy(path, BadRowPolicy.error, 4, 4)
+    old = {"file_index": 1, "offset": 0, "line": 1, "rows": 3, "shards": [], "bad": {}, "examples": [],
+           "positives": 1, "missing": [0, 0], "negative": [0], "raw_max": [0], "dense_sum": [3.0]}
+    np.savez(out / PROGRESS_FILE, fingerprint=input_fingerprint(toy.inputs, toy.settings), scalars=json.dumps(old))
+    with pytest.raises(FileExistsError, match="another version of ctr; pass overwrite=true"):
+        write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    meta = write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, overwrite=True,
+                        progress_bar=False)
+    assert meta["num_rows"] == 7
