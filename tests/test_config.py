@@ -1,10 +1,12 @@
 """Every shipped config composes, and a misspelt key or wrong type fails naming the key."""
 
+import json
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from tests.hydra_config import CONFIGS, compose
@@ -94,3 +96,45 @@ def test_an_unknown_hashing_fails_listing_the_options():
         compose("embedding.hashing=mch")
     assert "embedding/hashing/mch" in str(error.value)
     assert all(option in str(error.value) for option in ("modulo", "qr", "vocab"))
+
+
+@pytest.mark.parametrize(
+    "config_name,override,key,allowed",
+    [
+        ("config", "embedding.precision=fp64", "embedding.precision", "fp32, fp16"),
+        ("config", "embedding.pooling=max", "embedding.pooling", "sum, mean"),
+        ("config", "+embedding.pooling_per_feature.cat_0=max", "embedding.pooling_per_feature.cat_0", "sum, mean"),
+        ("config", "embedding.hashing.combine=concat", "embedding.hashing.combine", "sum, product"),
+        ("config", "comms.backward_precision=fp4", "comms.backward_precision", "fp32, fp16, bf16, fp8, int8"),
+        ("config", "sharding.sharding_type=diagonal", "sharding.sharding_type", "data_parallel, table_wise, column_wise"),
+        ("config", "optimizer.sparse=ftrl", "optimizer.sparse", "sgd, adagrad, rowwise_adagrad, adam"),
+        ("config", "optimizer.wide.name=ftrl", "optimizer.wide.name", "sgd, adagrad, rowwise_adagrad, adam"),
+        ("config", "optimizer.dense_schedule.decay=step", "optimizer.dense_schedule.decay", "none, linear, cosine"),
+        ("config", "trainer.dense_precision=fp8", "trainer.dense_precision", "fp32, bf16"),
+        ("config", "trainer.best_metric=ndcg", "trainer.best_metric", "auc, accuracy, log_loss, normalized_entropy"),
+        ("config", "distributed.backend=mpi", "distributed.backend", "auto, gloo, nccl"),
+        ("throughput", "table_precision=int8", "table_precision", "fp32, fp16"),
+        ("throughput", "dense_precision=fp16", "dense_precision", "fp32, bf16"),
+        ("export", "precision=int2", "precision", "int8, int4"),
+        ("evaluate", "split=holdout", "split", "train, val, test"),
+    ],
+)
+def test_a_wrong_choice_fails_at_composition_naming_the_key_and_the_allowed_values(config_name, override, key, allowed):
+    overrides = [override, "embedding.hashing=qr"] if "hashing" in key else [override]
+    with pytest.raises(ConfigCompositionException) as error:
+        compose(*overrides, config_name=config_name)
+    message = f"{error.value}\n{error.value.__cause__}"
+    assert f"full_key: {key}\n" in message and f"expected one of [{allowed}" in message
+
+
+def test_choices_compare_format_and_serialise_as_their_plain_strings():
+    cfg = compose("embedding.precision=fp16", "sharding=mixed", "trainer.best_metric=log_loss")
+    precision = cfg.embedding.precision
+    assert precision == "fp16" and f"{precision}" == "fp16" and {"fp16": 2}[precision] == 2
+    assert OmegaConf.to_yaml(cfg).count("precision: fp16") == 1
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert json.loads(json.dumps(container))["trainer"]["best_metric"] == "log_loss"
+    assert OmegaConf.create(container) == cfg  # as a launched rank rebuilds it
+    hashing = instantiate(compose("embedding.hashing=qr", "embedding.hashing.combine=product").embedding.hashing,
+                          num_embeddings_per_feature={"a": 10}, _convert_="all")
+    assert hashing.combine == "product" and hashing.table_rows() == {"a": {"a@q": 3, "a@r": 4}}
