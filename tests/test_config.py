@@ -4,11 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from ctr.config import Config, register_configs
 from tests.hydra_config import CONFIGS, compose
 
 # `experiment` holds whole jobs, added on top of the defaults (`+experiment=<name>`).
@@ -138,3 +141,42 @@ def test_choices_compare_format_and_serialise_as_their_plain_strings():
     hashing = instantiate(compose("embedding.hashing=qr", "embedding.hashing.combine=product").embedding.hashing,
                           num_embeddings_per_feature={"a": 10}, _convert_="all")
     assert hashing.combine == "product" and hashing.table_rows() == {"a": {"a@q": 3, "a@r": 4}}
+
+
+def _schema_defaults(option_file: Path) -> dict:
+    """The defaults of the schema an option's YAML extends (`defaults: [<name>_schema]`), or of
+    its group's field of the job's schema."""
+    relative = option_file.relative_to(CONFIGS)
+    schema = next((d for d in (yaml.safe_load(option_file.read_text()) or {}).get("defaults", [])
+                   if isinstance(d, str) and d.endswith("_schema")), None)
+    if schema is not None:
+        folder = relative.parent.as_posix()
+        store = ConfigStore.instance().repo
+        for part in ([] if folder == "." else folder.split("/")):
+            store = store[part]
+        return OmegaConf.to_container(store[f"{schema}.yaml"].node)
+    return OmegaConf.to_container(OmegaConf.structured(Config)[relative.parent.as_posix().replace("/", ".")])
+
+
+def _restated(values: dict, defaults: dict, prefix: str = "") -> list:
+    restated = []
+    for key, value in values.items():
+        if key == "defaults" or key == "hydra" or key not in defaults:
+            continue
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            restated += _restated(value, defaults[key], f"{prefix}{key}.")
+        elif value == defaults[key]:
+            restated.append(f"{prefix}{key}")
+    return restated
+
+
+# Options whose one value is what the option means (sharding=table_wise, comms=fp32) are left out.
+@pytest.mark.parametrize("option_file", [
+    *(CONFIGS / group / "default.yaml" for group in ("checkpoint", "distributed", "embedding", "optimizer", "trainer")),
+    *sorted((CONFIGS / "model").glob("*.yaml")), *sorted((CONFIGS / "embedding" / "hashing").glob("*.yaml")),
+    CONFIGS / "sharding" / "auto.yaml", CONFIGS / "throughput.yaml", CONFIGS / "export.yaml", CONFIGS / "evaluate.yaml",
+], ids=lambda path: path.relative_to(CONFIGS).as_posix())
+def test_an_option_sets_only_what_differs_from_its_schema(option_file):
+    register_configs()
+    values = yaml.safe_load(option_file.read_text()) or {}
+    assert _restated(values, _schema_defaults(option_file)) == []
