@@ -5,8 +5,8 @@ outside a closed set fail at start-up with the key's name, instead of being sile
 
 A closed set of choices is a `StrEnum` whose member names are its values (OmegaConf
 matches a config's string against the names): a member equals its plain string, formats
-as it and looks it up in a dict keyed by strings, so code reading the config compares
-with strings as before.
+and reprs as it and looks it up in a dict keyed by strings, so code reading the config
+compares with strings as before.
 """
 
 import os
@@ -21,28 +21,36 @@ from omegaconf import MISSING, OmegaConf
 from ctr.data.schema import SchemaConfig
 
 
-class TablePrecision(StrEnum):
+class Choice(StrEnum):
+    """A closed set of choices; a member also reprs as its plain string, so a message that
+    quotes it (`f"{key}={value!r}"`) reads `key='value'` whichever it was given."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class TablePrecision(Choice):
     """`embedding.precision`: how tables are stored while training."""
 
     fp32 = auto()
     fp16 = auto()
 
 
-class Pooling(StrEnum):
+class Pooling(Choice):
     """`embedding.pooling`: how a bag's rows become one vector."""
 
     sum = auto()
     mean = auto()
 
 
-class QRCombine(StrEnum):
+class QRCombine(Choice):
     """`embedding.hashing.combine`: how a feature's quotient and remainder vectors combine."""
 
     sum = auto()
     product = auto()
 
 
-class CommsPrecision(StrEnum):
+class CommsPrecision(Choice):
     """`comms.*_precision`: the encoding of pooled embeddings and their gradients between ranks."""
 
     fp32 = auto()
@@ -52,7 +60,7 @@ class CommsPrecision(StrEnum):
     int8 = auto()
 
 
-class TableShardingType(StrEnum):
+class TableShardingType(Choice):
     """`sharding.sharding_type`: TorchRec's sharding types (its `ShardingType` values, grid aside)."""
 
     data_parallel = auto()
@@ -63,7 +71,7 @@ class TableShardingType(StrEnum):
     table_column_wise = auto()
 
 
-class ComputeKernel(StrEnum):
+class ComputeKernel(Choice):
     """`sharding.tables.<table>.compute_kernel`: the TorchRec kernels ctr's models can run
     (its virtual-table kernels need a key-value setup they lack)."""
 
@@ -73,7 +81,7 @@ class ComputeKernel(StrEnum):
     fused_uvm_caching = auto()
 
 
-class Decay(StrEnum):
+class Decay(Choice):
     """`optimizer.*_schedule.decay`: the learning rate's course after warm-up."""
 
     none = auto()
@@ -81,7 +89,7 @@ class Decay(StrEnum):
     cosine = auto()
 
 
-class SparseOptimizer(StrEnum):
+class SparseOptimizer(Choice):
     """`optimizer.sparse`, `optimizer.wide.name`: FBGEMM's fused table optimizers ctr offers."""
 
     sgd = auto()
@@ -90,14 +98,14 @@ class SparseOptimizer(StrEnum):
     adam = auto()
 
 
-class DensePrecision(StrEnum):
+class DensePrecision(Choice):
     """`trainer.dense_precision`: bf16 runs the dense tower under autocast (fp32 master weights)."""
 
     fp32 = auto()
     bf16 = auto()
 
 
-class BestMetric(StrEnum):
+class BestMetric(Choice):
     """`trainer.best_metric`: the validation metric that picks the best checkpoint."""
 
     auc = auto()
@@ -106,7 +114,7 @@ class BestMetric(StrEnum):
     normalized_entropy = auto()
 
 
-class Backend(StrEnum):
+class Backend(Choice):
     """`distributed.backend`: auto is NCCL where CUDA is present, gloo otherwise."""
 
     # Spelt out: a member named `auto` hides `enum.auto` from the members after it.
@@ -115,14 +123,14 @@ class Backend(StrEnum):
     nccl = "nccl"
 
 
-class ExportPrecision(StrEnum):
+class ExportPrecision(Choice):
     """`configs/export.yaml` `precision`: the quantized tables' row-wise precision."""
 
     int8 = auto()
     int4 = auto()
 
 
-class Split(StrEnum):
+class Split(Choice):
     """A data split."""
 
     train = auto()

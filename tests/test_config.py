@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from ctr.config import Config, register_configs
+from ctr.config import Choice, Config, register_configs
 from tests.hydra_config import CONFIGS, compose
 
 # `experiment` holds whole jobs, added on top of the defaults (`+experiment=<name>`).
@@ -134,6 +134,9 @@ def test_choices_compare_format_and_serialise_as_their_plain_strings():
     cfg = compose("embedding.precision=fp16", "sharding=mixed", "trainer.best_metric=log_loss")
     precision = cfg.embedding.precision
     assert precision == "fp16" and f"{precision}" == "fp16" and {"fp16": 2}[precision] == 2
+    assert f"embedding.precision={precision!r}" == "embedding.precision='fp16'"
+    # OmegaConf matches a given string against the member names; the code sees the values.
+    assert all(member.name == member.value for choices in Choice.__subclasses__() for member in choices)
     assert OmegaConf.to_yaml(cfg).count("precision: fp16") == 1
     container = OmegaConf.to_container(cfg, resolve=True)
     assert json.loads(json.dumps(container))["trainer"]["best_metric"] == "log_loss"

@@ -29,9 +29,9 @@ def check_comms(comms: Mapping, device_type: str) -> None:
     for key in ("forward_precision", "backward_precision"):
         precision = comms[key]
         if device_type == "cpu" and precision in CPU_UNSUPPORTED:
-            allowed = [str(p) for p in CommsPrecision if p not in CPU_UNSUPPORTED]
+            allowed = [p for p in CommsPrecision if p not in CPU_UNSUPPORTED]
             raise ValueError(
-                f"comms.{key}='{precision}' cannot run on CPU/gloo ({CPU_UNSUPPORTED[precision]}); "
+                f"comms.{key}={precision!r} cannot run on CPU/gloo ({CPU_UNSUPPORTED[precision]}); "
                 f"on CPU use one of {allowed}"
             )
 

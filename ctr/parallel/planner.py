@@ -57,7 +57,7 @@ def check_sharding_type(key: str, sharding_type: str, device_type: str) -> None:
     allowed = device_sharding_types(device_type)
     if sharding_type not in allowed:
         raise ValueError(
-            f"{key}='{sharding_type}' cannot run on {device_type} (row-wise sharding needs CUDA: gloo has no "
+            f"{key}={sharding_type!r} cannot run on {device_type} (row-wise sharding needs CUDA: gloo has no "
             f"reduce-scatter TorchRec can use); use one of {allowed}, e.g. table_wise or column_wise"
         )
 
@@ -127,7 +127,7 @@ def sharding_constraints(
         if override.compute_kernel is not None:
             if override.compute_kernel not in kernels:
                 raise ValueError(
-                    f"{key}.compute_kernel='{override.compute_kernel}': {types} on {device_type} runs only {kernels}"
+                    f"{key}.compute_kernel={override.compute_kernel!r}: {types} on {device_type} runs only {kernels}"
                 )
             kernels = [str(override.compute_kernel)]
         min_partition = override.min_partition or sharding.get("min_partition")
