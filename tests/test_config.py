@@ -1,4 +1,5 @@
-"""Every shipped config composes, and a misspelt key or wrong type fails naming the key."""
+"""Every shipped config composes; a misspelt key, a wrong type or a choice outside a closed set
+fails naming the key; options state only what differs from their schema."""
 
 import json
 from pathlib import Path
@@ -10,8 +11,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.types import ShardingType
 
-from ctr.config import Choice, Config, register_configs
+from ctr.config import Choice, ComputeKernel, Config, TableShardingType, register_configs
 from tests.hydra_config import CONFIGS, compose
 
 # `experiment` holds whole jobs, added on top of the defaults (`+experiment=<name>`).
@@ -183,3 +186,8 @@ def test_an_option_sets_only_what_differs_from_its_schema(option_file):
     register_configs()
     values = yaml.safe_load(option_file.read_text()) or {}
     assert _restated(values, _schema_defaults(option_file)) == []
+
+
+def test_the_sharding_choices_are_torchrecs_types_and_kernels():
+    assert set(TableShardingType) == {t.value for t in ShardingType} - {ShardingType.GRID_SHARD.value}
+    assert set(ComputeKernel) <= {k.value for k in EmbeddingComputeKernel}
