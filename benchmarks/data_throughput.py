@@ -69,7 +69,7 @@ def machine() -> dict:
     return {
         "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        # DESIGN.md: the allocator changes CPU throughput 2-3x, so report what was in effect.
+        # The allocator moved CPU throughput 2-3x in one early measurement, so report what was in effect.
         "allocator": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
         or "glibc malloc, default settings",
     }

@@ -1,14 +1,19 @@
 """Typed schema of the Hydra configuration; each dataclass mirrors one file in `configs/`.
 
-Registering these with Hydra's ConfigStore makes a misspelt key or a wrong type fail at
-start-up with the key's name, instead of being silently ignored.
-"""
+Registering these with Hydra's ConfigStore makes a misspelt key, a wrong type or a choice
+outside a closed set fail at start-up with the key's name, instead of being silently ignored.
 
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+A closed set of choices is a `StrEnum` whose member names are its values (OmegaConf
+matches a config's string against the names): a member equals its plain string, formats
+and reprs as it and looks it up in a dict keyed by strings, so code reading the config
+compares with strings as before.
+"""
 
 import os
 import time
+from dataclasses import dataclass, field
+from enum import StrEnum, auto
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -16,6 +21,123 @@ from omegaconf import MISSING, OmegaConf
 from ctr.data.schema import SchemaConfig
 from ctr.data.shard_writer import CHUNK_ROWS, SHARD_ROWS, BadRowPolicy
 from ctr.data.shards import SHUFFLE_BUFFER, SplitBy
+
+
+class Choice(StrEnum):
+    """A closed set of choices; a member also reprs as its plain string, so a message that
+    quotes it (`f"{key}={value!r}"`) reads `key='value'` whichever it was given."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class TablePrecision(Choice):
+    """`embedding.precision`: how tables are stored while training."""
+
+    fp32 = auto()
+    fp16 = auto()
+
+
+class Pooling(Choice):
+    """`embedding.pooling`: how a bag's rows become one vector."""
+
+    sum = auto()
+    mean = auto()
+
+
+class QRCombine(Choice):
+    """`embedding.hashing.combine`: how a feature's quotient and remainder vectors combine."""
+
+    sum = auto()
+    product = auto()
+
+
+class CommsPrecision(Choice):
+    """`comms.*_precision`: the encoding of pooled embeddings and their gradients between ranks."""
+
+    fp32 = auto()
+    fp16 = auto()
+    bf16 = auto()
+    fp8 = auto()
+    int8 = auto()
+
+
+class TableShardingType(Choice):
+    """`sharding.sharding_type`: TorchRec's sharding types (its `ShardingType` values, grid aside)."""
+
+    data_parallel = auto()
+    table_wise = auto()
+    column_wise = auto()
+    row_wise = auto()
+    table_row_wise = auto()
+    table_column_wise = auto()
+
+
+class ComputeKernel(Choice):
+    """`sharding.tables.<table>.compute_kernel`: the TorchRec kernels ctr's models can run
+    (its virtual-table kernels need a key-value setup they lack)."""
+
+    dense = auto()
+    fused = auto()
+    fused_uvm = auto()
+    fused_uvm_caching = auto()
+
+
+class Decay(Choice):
+    """`optimizer.*_schedule.decay`: the learning rate's course after warm-up."""
+
+    none = auto()
+    linear = auto()
+    cosine = auto()
+
+
+class SparseOptimizer(Choice):
+    """`optimizer.sparse`, `optimizer.wide.name`: FBGEMM's fused table optimizers ctr offers."""
+
+    sgd = auto()
+    adagrad = auto()
+    rowwise_adagrad = auto()
+    adam = auto()
+
+
+class DensePrecision(Choice):
+    """`trainer.dense_precision`: bf16 runs the dense tower under autocast (fp32 master weights)."""
+
+    fp32 = auto()
+    bf16 = auto()
+
+
+class BestMetric(Choice):
+    """`trainer.best_metric`: the validation metric that picks the best checkpoint."""
+
+    auc = auto()
+    accuracy = auto()
+    log_loss = auto()
+    normalized_entropy = auto()
+
+
+class Backend(Choice):
+    """`distributed.backend`: auto is NCCL where CUDA is present, gloo otherwise."""
+
+    # Spelt out: a member named `auto` hides `enum.auto` from the members after it.
+    auto = "auto"
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class ExportPrecision(Choice):
+    """`configs/export.yaml` `precision`: the quantized tables' row-wise precision."""
+
+    int8 = auto()
+    int4 = auto()
+
+
+class Split(Choice):
+    """A data split."""
+
+    train = auto()
+    val = auto()
+    test = auto()
 
 
 @dataclass
@@ -89,20 +211,22 @@ class ThroughputConfig:
     `benchmarks/throughput.py` (a multirun sweeps the grid), measured against a plain-PyTorch
     baseline and the machine's matmul and memory-copy limits in the same run."""
 
-    model_name: str = "deep_crossing"  # a `model=` choice of configs/model (`model` itself is that group)
-    world_size: int = 1
+    # model_name, sharding_name, comms_name: choices of launch/train.py's model=, sharding= and
+    # comms= groups, named apart from them (which Hydra would take for group overrides here)
+    model_name: str = "deep_crossing"
+    world_size: int = 1  # ranks (processes); CPU: gloo, GPU: NCCL, as launch/train.py picks
     batch_size: int = 2048  # per rank
     dim: int = 16
     rows: int = 100_000  # table rows per feature
-    sharding_name: str = "table_wise"  # a `sharding=` choice
-    table_precision: str = "fp32"  # embedding.precision
-    comms_name: str = "fp32"  # a `comms=` choice
-    dense_precision: str = "fp32"  # trainer.dense_precision
+    sharding_name: str = "table_wise"
+    table_precision: TablePrecision = TablePrecision.fp32  # embedding.precision
+    comms_name: str = "fp32"  # used when world_size > 1
+    dense_precision: DensePrecision = DensePrecision.fp32  # trainer.dense_precision
     warmup_steps: int = 5
-    steps: int = 20  # timed steps per repetition
+    steps: int = 20  # timed steps per repetition (ctr and baseline alike)
     repetitions: int = 3
     profile_steps: int = 5  # steps under torch.profiler for the step breakdown (0: none)
-    overrides: List[str] = field(default_factory=list)  # more `launch/train.py` overrides
+    overrides: List[str] = field(default_factory=list)  # more launch/train.py overrides, e.g. [model.residual_hidden_dim=512]
 
 
 @dataclass
@@ -111,7 +235,7 @@ class ExportConfig:
 
     run_dir: str = MISSING
     checkpoint: Optional[str] = None
-    precision: str = "int8"
+    precision: ExportPrecision = ExportPrecision.int8
     output: Optional[str] = None
 
 
@@ -122,7 +246,7 @@ class EvaluateConfig:
     run_dir: Optional[str] = None
     checkpoint: Optional[str] = None
     exported: Optional[str] = None
-    split: str = "test"
+    split: Split = Split.test
     batch_size: int = 8192
 
 
@@ -137,7 +261,8 @@ class DeepCrossingConfig:
 
 @dataclass
 class CrossConfig:
-    """One entry of `model.wide.crosses`: the hashed cross of `features` into its own table."""
+    """One entry of `model.wide.crosses`: the hashed cross of `features` into its own table,
+    e.g. `{features: [cat_0, cat_1], num_embeddings: 100000}`."""
 
     features: List[str] = MISSING
     num_embeddings: int = MISSING
@@ -145,9 +270,9 @@ class CrossConfig:
 
 @dataclass
 class WideConfig:
-    """`model.wide`: the linear part's sparse features (null: all) and crossed features."""
+    """`model.wide`: the linear part's sparse features and crossed features."""
 
-    features: Optional[List[str]] = None
+    features: Optional[List[str]] = None  # null: all of them
     crosses: List[CrossConfig] = field(default_factory=list)
 
 
@@ -172,8 +297,8 @@ class QRHashingConfig:
     """`configs/embedding/hashing/qr.yaml`: quotient and remainder tables, combined by sum or product."""
 
     _target_: str = "ctr.features.qr.QRHashing"
-    remainder_rows: Optional[int] = None
-    combine: str = "sum"
+    remainder_rows: Optional[int] = None  # m; null: ceil(sqrt(N)) per feature
+    combine: QRCombine = QRCombine.sum
 
 
 @dataclass
@@ -207,9 +332,9 @@ class EmbeddingConfig:
     num_embeddings_per_feature: Dict[str, int] = field(default_factory=dict)
     dim_per_feature: Dict[str, int] = field(default_factory=dict)
     dim_rule: DimRuleConfig = field(default_factory=DimRuleConfig)
-    precision: str = "fp32"
-    pooling: str = "sum"
-    pooling_per_feature: Dict[str, str] = field(default_factory=dict)
+    precision: TablePrecision = TablePrecision.fp32
+    pooling: Pooling = Pooling.sum
+    pooling_per_feature: Dict[str, Pooling] = field(default_factory=dict)
 
 
 @dataclass
@@ -217,8 +342,8 @@ class CommsConfig:
     """`configs/comms/*.yaml`: precision of the pooled embeddings (forward) and their gradients
     (backward) sent between ranks (TorchRec qcomms): fp32, fp16, bf16, fp8 or int8."""
 
-    forward_precision: str = "fp32"
-    backward_precision: str = "fp32"
+    forward_precision: CommsPrecision = CommsPrecision.fp32
+    backward_precision: CommsPrecision = CommsPrecision.fp32
 
 
 @dataclass
@@ -231,8 +356,8 @@ class TableShardingConfig:
     command line; the planner checks each entry against this class.)
     """
 
-    sharding_type: Optional[str] = None
-    compute_kernel: Optional[str] = None
+    sharding_type: Optional[TableShardingType] = None
+    compute_kernel: Optional[ComputeKernel] = None
     ranks: Optional[List[int]] = None
     min_partition: Optional[int] = None
 
@@ -268,7 +393,7 @@ class ShardingConfig:
     TorchRec's default search; each entry is a `_target_` node of a TorchRec proposer.
     """
 
-    sharding_type: Optional[str] = "table_wise"
+    sharding_type: Optional[TableShardingType] = TableShardingType.table_wise
     memory_budget_gb: Optional[float] = None
     min_partition: Optional[int] = None
     topology: TopologyConfig = field(default_factory=TopologyConfig)
@@ -285,7 +410,7 @@ class ScheduleConfig:
     """
 
     warmup_steps: int = 0
-    decay: str = "none"
+    decay: Decay = Decay.none
     final_fraction: float = 0.1
 
 
@@ -294,7 +419,7 @@ class TableOptimizerConfig:
     """`optimizer.wide`: the wide part's fused table optimizer (sgd, adagrad, rowwise_adagrad
     on CPU); a null field takes the sparse optimizer's (`sparse`, `sparse_lr`, `sparse_eps`)."""
 
-    name: Optional[str] = None
+    name: Optional[SparseOptimizer] = None
     lr: Optional[float] = None
     eps: Optional[float] = None
 
@@ -308,7 +433,7 @@ class OptimizerConfig:
     only for optimizers with CUDA kernels alone, which ctr does not offer, so those fail at start-up).
     """
 
-    sparse: str = "rowwise_adagrad"
+    sparse: SparseOptimizer = SparseOptimizer.rowwise_adagrad
     sparse_lr: float = 0.05
     sparse_eps: float = 1e-8
     state_precision: str = "fp32"
@@ -328,26 +453,28 @@ class TrainerConfig:
     tower under autocast (fp32 master weights; tables keep `embedding.precision`).
     """
 
-    batch_size: int = 2048
-    eval_batch_size: int = 8192
+    batch_size: int = 2048  # per rank
+    eval_batch_size: int = 8192  # per rank
     epochs: int = 1
     max_steps: Optional[int] = None
     log_every_steps: int = 50
     progress_bar: bool = True
     eval_every_steps: Optional[int] = None
-    best_metric: str = "auc"
+    best_metric: BestMetric = BestMetric.auc
     early_stopping_patience: Optional[int] = None
-    tensorboard: bool = True
-    dense_precision: str = "fp32"
+    tensorboard: bool = True  # scalars in <run dir>/tensorboard
+    dense_precision: DensePrecision = DensePrecision.fp32
 
 
 @dataclass
 class CheckpointConfig:
     """`configs/checkpoint/*.yaml`: sharded checkpoints with torch.distributed.checkpoint.
 
-    `dir` null is `<run dir>/checkpoints`. `resume`: auto (the latest complete checkpoint
-    in `dir`, if any), none, or a checkpoint directory's path. `weights_only` loads the
-    model alone (e.g. into another sharding plan) and starts optimizers afresh.
+    `dir` null is `<run dir>/checkpoints`; `every_steps` null saves only at the end of
+    training; `keep_best` also keeps the best by `trainer.best_metric`, in `<dir>/best`.
+    `resume`: auto (the latest complete checkpoint in `dir`, if any), none, or a checkpoint
+    directory's path (so a string, not a closed set). `weights_only` loads the model alone
+    (e.g. into another sharding plan) and starts optimizers afresh.
     """
 
     dir: Optional[str] = None
@@ -362,8 +489,8 @@ class CheckpointConfig:
 class DistributedConfig:
     """`configs/distributed/*.yaml`: process layout and communication backend."""
 
-    nproc_per_node: int = 2
-    backend: str = "auto"
+    nproc_per_node: int = 2  # ranks `python launch/train.py` starts; torchrun sets its own
+    backend: Backend = Backend.auto
     seed: int = 1234
 
 

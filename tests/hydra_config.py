@@ -34,7 +34,7 @@ TINY = [
 ]
 
 
-def compose(*overrides: str) -> DictConfig:
+def compose(*overrides: str, config_name: str = "config") -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=group_overrides(overrides))
+        return hydra_compose(config_name=config_name, overrides=group_overrides(overrides))

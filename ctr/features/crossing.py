@@ -12,10 +12,9 @@ An operand is a sparse feature's name (all its ids) or `name[i]`, the i-th id of
 movie, the column `userRatedMovie1` of the SparrowRecSys data.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple
-
-import re
 
 import numpy as np
 import torch

@@ -7,7 +7,9 @@ from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-COMBINE_OPS = {"sum": torch.add, "product": torch.mul}
+from ctr.config import QRCombine
+
+COMBINE_OPS = {QRCombine.sum: torch.add, QRCombine.product: torch.mul}
 
 
 class FeatureEmbeddings(nn.Module):
@@ -29,11 +31,9 @@ class FeatureEmbeddings(nn.Module):
     """
 
     def __init__(
-        self, collection: EmbeddingBagCollection, parts: Mapping[str, Sequence[str]], combine: str = "sum"
+        self, collection: EmbeddingBagCollection, parts: Mapping[str, Sequence[str]], combine: QRCombine = QRCombine.sum
     ) -> None:
         super().__init__()
-        if combine not in COMBINE_OPS:
-            raise ValueError(f"embedding.hashing.combine={combine!r}: expected one of {list(COMBINE_OPS)}")
         counts = {len(keys) for keys in parts.values()}
         if len(counts) != 1:
             raise ValueError(f"every feature needs the same number of parts; got {dict(parts)}")

@@ -13,6 +13,9 @@ from hydra.utils import instantiate
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ctr.config import QRCombine
+from ctr.features.tables import per_table_setting
+
 
 class FeatureHashing:
     """Base of the hashings. Each is built as `cls(num_embeddings_per_feature, source, **options)`
@@ -23,7 +26,7 @@ class FeatureHashing:
     that table's row count; `combine` is how a feature's parts are combined (sum or product).
     """
 
-    combine = "sum"
+    combine = QRCombine.sum
 
     def table_rows(self) -> Dict[str, Dict[str, int]]:
         raise NotImplementedError
@@ -101,18 +104,3 @@ def feature_table_sizes(
     sizes = per_table_setting(sparse_names, num_embeddings, per_feature, shared_tables, "embedding.num_embeddings_per_feature")
     return {name: int(size) for name, size in sizes.items()}
 
-
-def per_table_setting(
-    sparse_names: Sequence[str], default, per_feature: Mapping, shared_tables: Mapping[str, Sequence[str]], setting: str,
-) -> dict:
-    """A table's setting per feature: the override under the feature's name, or under its
-    shared table's name for the features of a shared table (which must agree), else `default`."""
-    table_of = {feature: table for table, features in shared_tables.items() for feature in features}
-    unknown = sorted(set(per_feature) - (set(sparse_names) - set(table_of)) - set(shared_tables))
-    if unknown:
-        raise KeyError(
-            f"{setting} names {unknown}, which are neither sparse features "
-            f"of the data ({list(sparse_names)}) nor shared tables ({list(shared_tables)}); "
-            "features of a shared table take its setting, set under the table's name"
-        )
-    return {name: per_feature.get(table_of.get(name, name), default) for name in sparse_names}

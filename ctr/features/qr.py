@@ -13,19 +13,20 @@ from typing import Dict, Mapping, Optional
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ctr.config import QRCombine
 from ctr.features.hashing import FeatureHashing, per_value, with_values
 
 QUOTIENT = "@q"
 REMAINDER = "@r"
-COMBINES = ("sum", "product")
 
 
 class QRHashing(FeatureHashing):
     """Each feature's ids go to two KJT keys, `<feature>@q` and `<feature>@r`.
 
-    `remainder_rows` is m (null: ⌈√N⌉ per feature, the fewest rows in total).
+    `remainder_rows` is m (null: ⌈√N⌉ per feature, the fewest rows in total); `combine`
+    how the two vectors combine (`ctr.features.embeddings`).
 
-    >>> h = QRHashing({"a": 10}, remainder_rows=4)
+    >>> h = QRHashing({"a": 10}, remainder_rows=4, combine="sum")
     >>> h.table_rows()
     {'a': {'a@q': 3, 'a@r': 4}}
     >>> kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([7, 13]), torch.tensor([1, 1]))
@@ -38,11 +39,10 @@ class QRHashing(FeatureHashing):
         self,
         num_embeddings_per_feature: Mapping[str, int],
         source: object = None,
-        remainder_rows: Optional[int] = None,
-        combine: str = "sum",
+        *,
+        remainder_rows: Optional[int],
+        combine: QRCombine,
     ) -> None:
-        if combine not in COMBINES:
-            raise ValueError(f"embedding.hashing.combine={combine!r}: expected one of {list(COMBINES)}")
         if remainder_rows is not None and remainder_rows < 1:
             raise ValueError(f"embedding.hashing.remainder_rows={remainder_rows}: expected a positive row count or null")
         self.combine = combine

@@ -4,10 +4,27 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 
-# `embedding.precision`: how tables are stored while training (FBGEMM's weights precision).
-PRECISIONS = {"fp32": DataType.FP32, "fp16": DataType.FP16}
-# `embedding.pooling`: how a bag's rows become one vector.
-POOLINGS = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+from ctr.config import Pooling, TablePrecision
+
+# FBGEMM's weights precision of each `embedding.precision`.
+TABLE_DATA_TYPES = {TablePrecision.fp32: DataType.FP32, TablePrecision.fp16: DataType.FP16}
+POOLING_TYPES = {Pooling.sum: PoolingType.SUM, Pooling.mean: PoolingType.MEAN}
+
+
+def per_table_setting(
+    sparse_names: Sequence[str], default, per_feature: Mapping, shared_tables: Mapping[str, Sequence[str]], setting: str,
+) -> dict:
+    """A table's setting per feature: the override under the feature's name, or under its
+    shared table's name for the features of a shared table (which must agree), else `default`."""
+    table_of = {feature: table for table, features in shared_tables.items() for feature in features}
+    unknown = sorted(set(per_feature) - (set(sparse_names) - set(table_of)) - set(shared_tables))
+    if unknown:
+        raise KeyError(
+            f"{setting} names {unknown}, which are neither sparse features "
+            f"of the data ({list(sparse_names)}) nor shared tables ({list(shared_tables)}); "
+            "features of a shared table take its setting, set under the table's name"
+        )
+    return {name: per_feature.get(table_of.get(name, name), default) for name in sparse_names}
 
 
 def table_name(feature: str) -> str:
@@ -72,11 +89,6 @@ def embedding_bag_configs(
     ...     {"a": {"a": 10}, "g1": {"g1": 5}, "g2": {"g2": 5}}, {"a": 8, "g1": 8, "g2": 8}, "fp32", {"genre": ["g1", "g2"]})]
     [('t_a', ['a']), ('t_genre', ['g1', 'g2'])]
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"embedding.precision={precision!r}: expected one of {list(PRECISIONS)}")
-    for feature, mode in pooling.items():
-        if mode not in POOLINGS:
-            raise ValueError(f"embedding.pooling of {feature!r} is {mode!r}: expected one of {list(POOLINGS)}")
     table_of = {feature: table for table, features in shared_tables.items() for feature in features}
     configs: Dict[str, EmbeddingBagConfig] = {}
     for feature, keys in table_rows.items():
@@ -86,7 +98,7 @@ def embedding_bag_configs(
             if config is None:
                 configs[name] = EmbeddingBagConfig(
                     name=name, feature_names=[key], num_embeddings=rows, embedding_dim=dims[feature],
-                    pooling=POOLINGS[pooling.get(feature, "sum")], data_type=PRECISIONS[precision],
+                    pooling=POOLING_TYPES[pooling.get(feature, Pooling.sum)], data_type=TABLE_DATA_TYPES[precision],
                 )
             elif (config.num_embeddings, config.embedding_dim) != (rows, dims[feature]):
                 raise ValueError(

@@ -43,8 +43,9 @@ class VocabHashing(FeatureHashing):
         self,
         num_embeddings_per_feature: Mapping[str, int],
         source: RowSource,
-        min_count: int = 2,
-        sample_rows: int = 1_000_000,
+        *,
+        min_count: int,
+        sample_rows: int,
     ) -> None:
         if min_count < 1:
             raise ValueError(f"embedding.hashing.min_count={min_count}: expected at least 1")

@@ -11,8 +11,8 @@ from typing import Any, Callable, Dict
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 # glibc's malloc maps and unmaps large temporary buffers every step with its adaptive
-# default thresholds, which moved CPU throughput 2-3x in one measurement (DESIGN.md) and
-# made no measurable difference in benchmarks/throughput.py (RESULTS.md); fixed settings
+# default thresholds, which moved CPU throughput 2-3x in one early measurement and made
+# no measurable difference in benchmarks/throughput.py (benchmarks/RESULTS.md); fixed settings
 # give every run one known allocator. glibc reads them at start-up only, so the launcher
 # sets them for the ranks it spawns; values already in the environment win, and
 # CTR_MALLOC=glibc keeps glibc's own.

@@ -12,6 +12,8 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch.distributed as dist
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 from torch import nn
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner
@@ -25,18 +27,15 @@ from torchrec.distributed.planner.types import (
     TopologyFactory,
     TrainerConfig,
 )
-from torchrec.distributed.types import ModuleSharder, QuantizedCommCodecs, ShardingPlan, ShardingType
+from torchrec.distributed.types import ModuleSharder, QuantizedCommCodecs, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from ctr.config import TableShardingConfig
+from ctr.config import ComputeKernel, TableShardingConfig, TableShardingType
 from ctr.parallel.plan_summary import PlanEstimates, embedding_tables
 from ctr.parallel.process_group import DistributedEnv
 
 # Row-wise variants need a reduce-scatter that gloo cannot give TorchRec.
 CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")
-ALL_SHARDING_TYPES = tuple(t.value for t in ShardingType if t != ShardingType.GRID_SHARD)
-# Kernels ctr's models can run; TorchRec's virtual-table kernels need a key-value setup they lack.
-KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching")
 # Types whose shards an override may pin to ranks: one shard (table-wise) or one per column block.
 PINNABLE_TYPES = ("table_wise", "column_wise", "table_column_wise")
 
@@ -50,20 +49,17 @@ def sharders(
 
 
 def device_sharding_types(device_type: str) -> List[str]:
-    return list(CPU_SHARDING_TYPES if device_type == "cpu" else ALL_SHARDING_TYPES)
+    return list(CPU_SHARDING_TYPES) if device_type == "cpu" else [str(t) for t in TableShardingType]
 
 
 def check_sharding_type(key: str, sharding_type: str, device_type: str) -> None:
     """Fails at start-up, naming the config key, for a type this device cannot run."""
     allowed = device_sharding_types(device_type)
-    if sharding_type in allowed:
-        return
-    if sharding_type in ALL_SHARDING_TYPES:
+    if sharding_type not in allowed:
         raise ValueError(
             f"{key}={sharding_type!r} cannot run on {device_type} (row-wise sharding needs CUDA: gloo has no "
             f"reduce-scatter TorchRec can use); use one of {allowed}, e.g. table_wise or column_wise"
         )
-    raise ValueError(f"{key}={sharding_type!r}: expected one of {list(ALL_SHARDING_TYPES)} or null (auto)")
 
 
 def _check_ranks(
@@ -85,7 +81,11 @@ def _check_ranks(
 
 
 def table_overrides(sharding: Mapping, tables: Mapping[str, EmbeddingBagConfig]) -> Dict[str, TableShardingConfig]:
-    """`sharding.tables`, checked: known tables, known keys."""
+    """`sharding.tables`, checked: known tables, known keys, values of the schema's types.
+
+    (`sharding.tables` is untyped in the config, see `TableShardingConfig`, so its entries
+    meet their schema here rather than when the config is composed.)
+    """
     overrides = sharding.get("tables") or {}
     unknown = sorted(set(overrides) - set(tables))
     if unknown:
@@ -97,7 +97,10 @@ def table_overrides(sharding: Mapping, tables: Mapping[str, EmbeddingBagConfig])
         bad = sorted(set(override) - set(keys))
         if bad:
             raise KeyError(f"sharding.tables.{name}.{bad[0]}: not a table override; expected keys {keys}")
-        parsed[name] = TableShardingConfig(**override)
+        try:
+            parsed[name] = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TableShardingConfig), override))
+        except ValidationError as error:
+            raise ValueError(f"sharding.tables.{name}.{error.key}: {error.msg}") from error
     return parsed
 
 
@@ -119,14 +122,14 @@ def sharding_constraints(
         sharding_type = override.sharding_type or sharding.get("sharding_type")
         if override.sharding_type:
             check_sharding_type(f"{key}.sharding_type", sharding_type, device_type)
-        types = [sharding_type] if sharding_type else device_sharding_types(device_type)
-        kernels = sorted({k for t in types for k in sharder.compute_kernels(t, device_type) if k in KERNELS})
+        types = [str(sharding_type)] if sharding_type else device_sharding_types(device_type)
+        kernels = sorted({k for t in types for k in sharder.compute_kernels(t, device_type) if k in list(ComputeKernel)})
         if override.compute_kernel is not None:
             if override.compute_kernel not in kernels:
                 raise ValueError(
                     f"{key}.compute_kernel={override.compute_kernel!r}: {types} on {device_type} runs only {kernels}"
                 )
-            kernels = [override.compute_kernel]
+            kernels = [str(override.compute_kernel)]
         min_partition = override.min_partition or sharding.get("min_partition")
         if override.ranks is not None:
             _check_ranks(key, table, sharding_type, list(override.ranks), world_size)

@@ -9,6 +9,7 @@ from typing import Any, Callable, Optional, TypeVar
 import torch
 import torch.distributed as dist
 
+from ctr.config import Backend
 
 INIT_METHOD_ENV = "CTR_INIT_METHOD"
 
@@ -34,14 +35,12 @@ def _free_port() -> int:
 
 
 def resolve_backend(requested: str) -> str:
-    """`auto` is NCCL where CUDA is present, gloo otherwise."""
-    if requested == "auto":
+    """`auto` (`distributed.backend`) is NCCL where CUDA is present, gloo otherwise."""
+    if requested == Backend.auto:
         return "nccl" if torch.cuda.is_available() else "gloo"
-    if requested not in ("nccl", "gloo"):
-        raise ValueError(f"distributed.backend={requested!r}: expected auto, nccl or gloo")
-    if requested == "nccl" and not torch.cuda.is_available():
+    if requested == Backend.nccl and not torch.cuda.is_available():
         raise ValueError("distributed.backend=nccl needs CUDA, which this machine lacks; use gloo or auto")
-    return requested
+    return str(requested)
 
 
 def _restart_scoped_agent_store(world_size: int) -> Optional[dist.Store]:

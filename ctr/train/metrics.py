@@ -8,8 +8,12 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-# Metrics for which a higher value is better; the others are lower-is-better.
-HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "log_loss": False, "normalized_entropy": False}
+from ctr.config import BestMetric
+
+# Whether a higher value is better, for each metric that can pick the best checkpoint.
+HIGHER_IS_BETTER = {
+    BestMetric.auc: True, BestMetric.accuracy: True, BestMetric.log_loss: False, BestMetric.normalized_entropy: False,
+}
 
 
 class ClickMetrics:
@@ -52,11 +56,5 @@ class ClickMetrics:
         }
 
 
-def check_best_metric(metric: str) -> None:
-    if metric not in HIGHER_IS_BETTER:
-        raise ValueError(f"trainer.best_metric={metric!r}: expected one of {sorted(HIGHER_IS_BETTER)}")
-
-
-def is_better(metric: str, value: float, best: float) -> bool:
-    check_best_metric(metric)
+def is_better(metric: BestMetric, value: float, best: float) -> bool:
     return value > best if HIGHER_IS_BETTER[metric] else value < best

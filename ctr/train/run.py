@@ -26,8 +26,8 @@ from ctr.atomic import write_json_atomic
 from ctr.data.reader import batches, num_steps, prefetch
 from ctr.features.crossing import CrossedHashing, parse_crosses
 from ctr.features.embeddings import FeatureEmbeddings
-from ctr.features.hashing import FeatureHashing, build_hashing, per_table_setting
-from ctr.features.tables import embedding_bag_configs, feature_dims
+from ctr.features.hashing import FeatureHashing, build_hashing
+from ctr.features.tables import embedding_bag_configs, feature_dims, per_table_setting
 from ctr.parallel.comms import WIRE_BYTES, qcomm_codecs
 from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import apply_table_optimizers, combined_optimizer, fused_state_bytes, wide_optimizer

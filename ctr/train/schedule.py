@@ -5,25 +5,22 @@ import math
 from torch.optim.lr_scheduler import LambdaLR
 from torchrec.optim.keyed import CombinedOptimizer
 
+from ctr.config import Decay
 from ctr.parallel.optimizers import DENSE
 
-DECAYS = ("none", "linear", "cosine")
 
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, decay: str, final_fraction: float) -> float:
+def lr_factor(step: int, total_steps: int, warmup_steps: int, decay: Decay, final_fraction: float) -> float:
     """Multiplier of the base rate before step `step` (0-based).
 
     >>> [round(lr_factor(s, 10, 2, "linear", 0.0), 2) for s in (0, 1, 2, 6, 10)]
     [0.5, 1.0, 1.0, 0.5, 0.0]
     """
-    if decay not in DECAYS:
-        raise ValueError(f"optimizer.*_schedule.decay={decay!r}: expected one of {list(DECAYS)}")
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    if decay == "none":
+    if decay == Decay.none:
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if decay == "linear":
+    if decay == Decay.linear:
         return 1.0 - (1.0 - final_fraction) * progress
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -3,7 +3,8 @@
 import logging
 from typing import Callable, Dict, Optional
 
-from ctr.train.metrics import check_best_metric, is_better
+from ctr.config import BestMetric
+from ctr.train.metrics import is_better
 from ctr.train.scalars import Scalars
 
 log = logging.getLogger(__name__)
@@ -19,14 +20,13 @@ class Validation:
     def __init__(
         self,
         evaluate: Callable[[], Dict[str, float]],
-        metric: str,
+        metric: BestMetric,
         patience: Optional[int],
         save_best: Optional[Callable[[int, Dict[str, float]], None]],
         scalars: Scalars,
         is_main: bool,
         best: Optional[float] = None,
     ) -> None:
-        check_best_metric(metric)  # at start-up, not at the first validation
         self._evaluate = evaluate
         self.metric = metric
         self._patience = patience

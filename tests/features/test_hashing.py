@@ -38,8 +38,6 @@ def test_tables_get_their_dims_and_precision_and_reject_dims_fbgemm_cannot_run()
         feature_dims({"a": 10}, 6, {})
     with pytest.raises(ValueError, match="embedding.dim_per_feature.a=10"):
         feature_dims({"a": 10}, 8, {"a": 10})
-    with pytest.raises(ValueError, match="embedding.precision='int8'"):
-        embedding_bag_configs({"a": {"a": 10}}, {"a": 8}, "int8")
 
 
 def test_dim_rule_grows_with_the_fourth_root_of_cardinality_within_its_clip():

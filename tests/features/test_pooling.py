@@ -7,8 +7,7 @@ from omegaconf import OmegaConf
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ctr.features.hashing import per_table_setting
-from ctr.features.tables import embedding_bag_configs
+from ctr.features.tables import embedding_bag_configs, per_table_setting
 from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import apply_sparse_optimizer
 from ctr.parallel.planner import plan_sharding
@@ -73,10 +72,8 @@ def test_the_sharded_kernels_honour_mean_pooling(tmp_path, sharding):
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), _expected())
 
 
-def test_shared_features_take_their_tables_pooling_and_a_bad_one_names_the_key():
+def test_shared_features_take_their_tables_pooling_and_a_bad_name_is_named():
     pooled = {t.name: t.pooling.value for t in _tables({"genre": "mean", "user": "sum"})}
     assert pooled == {"t_user": "SUM", "t_genre": "MEAN"}
     with pytest.raises(KeyError, match="embedding.pooling_per_feature names \\['userGenres'\\]"):
         _tables({"userGenres": "mean"})
-    with pytest.raises(ValueError, match="embedding.pooling of 'user' is 'max'"):
-        _tables({"user": "max"})

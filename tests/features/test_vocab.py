@@ -26,7 +26,7 @@ class _Ids:
 
 def test_vocab_gives_frequent_ids_rows_and_maps_rare_and_unseen_ids_to_the_oov_row():
     source = _Ids(a=[5, 5, 5, 9, 9, 1, 7, 7], b=[3, 3, 3, 3, 3, 3, 4, 8])
-    hashing = VocabHashing({"a": 100, "b": 100}, source, min_count=2)
+    hashing = VocabHashing({"a": 100, "b": 100}, source, min_count=2, sample_rows=1_000_000)
     assert hashing.table_rows() == {"a": {"a": 4}, "b": {"b": 2}}
     kjt = KeyedJaggedTensor.from_lengths_sync(
         ["a", "b"], torch.tensor([5, 7, 9, 1, 12345, 3, 4, 8, 3, 0]), torch.ones(10, dtype=torch.int32)
@@ -38,7 +38,7 @@ def test_vocab_gives_frequent_ids_rows_and_maps_rare_and_unseen_ids_to_the_oov_r
 
 def test_vocab_keeps_the_most_frequent_ids_when_the_table_is_smaller():
     source = _Ids(a=[5, 5, 5, 9, 9, 7, 7, 7, 7])
-    hashing = VocabHashing({"a": 3}, source, min_count=2)
+    hashing = VocabHashing({"a": 3}, source, min_count=2, sample_rows=1_000_000)
     assert hashing.table_rows() == {"a": {"a": 3}}
     kjt = KeyedJaggedTensor.from_lengths_sync(["a"], torch.tensor([5, 7, 9]), torch.ones(3, dtype=torch.int32))
     assert hashing.hash_features(kjt).values().tolist() == [1, 2, OOV_ROW]
@@ -46,4 +46,4 @@ def test_vocab_keeps_the_most_frequent_ids_when_the_table_is_smaller():
 
 def test_vocab_rejects_a_bad_min_count_naming_the_key():
     with pytest.raises(ValueError, match="embedding.hashing.min_count=0"):
-        VocabHashing({"a": 3}, _Ids(a=[1]), min_count=0)
+        VocabHashing({"a": 3}, _Ids(a=[1]), min_count=0, sample_rows=1_000_000)
