@@ -48,15 +48,15 @@ sys.path.insert(0, str(REPO))
 from benchmarks.plain_baseline import PlainTrainer, build_plain_model, feature_ids  # noqa: E402
 from benchmarks.step_breakdown import breakdown  # noqa: E402
 from ctr.atomic import write_json_atomic  # noqa: E402
+from ctr.build import Trainable, build_trainable, seed_everything  # noqa: E402
 from ctr.config import register_configs  # noqa: E402
 from ctr.data.reader import batches  # noqa: E402
+from ctr.models.task import DENSE_PRECISIONS  # noqa: E402
 from ctr.parallel.launcher import launch_workers  # noqa: E402
 from ctr.parallel.process_group import DistributedEnv, in_process_group  # noqa: E402
 from ctr.train.console import quiet_library_noise  # noqa: E402
 from ctr.train.loop import train  # noqa: E402
-from ctr.train.run import Trainable, build_trainable, seed_everything  # noqa: E402
 from ctr.train.scalars import peak_memory_per_rank  # noqa: E402
-from ctr.train.task import DENSE_PRECISIONS  # noqa: E402
 
 register_configs()
 log = logging.getLogger(__name__)

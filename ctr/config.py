@@ -427,16 +427,11 @@ class TableOptimizerConfig:
 @dataclass
 class OptimizerConfig:
     """`configs/optimizer/*.yaml`: fused in-backward optimizer for tables, Adam for the dense tower;
-    `wide` for the wide part of Wide & Deep (its null fields: the sparse optimizer's).
-
-    `state_precision` is the tables' optimizer state (fp32; FBGEMM 1.8 offers fp16/bf16 state
-    only for optimizers with CUDA kernels alone, which ctr does not offer, so those fail at start-up).
-    """
+    `wide` for the wide part of Wide & Deep (its null fields: the sparse optimizer's)."""
 
     sparse: SparseOptimizer = SparseOptimizer.rowwise_adagrad
     sparse_lr: float = 0.05
     sparse_eps: float = 1e-8
-    state_precision: str = "fp32"
     dense_lr: float = 1e-3
     wide: TableOptimizerConfig = field(default_factory=TableOptimizerConfig)
     sparse_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

@@ -1,11 +1,14 @@
 """Deep Crossing (Shan et al., KDD 2016): Feature → Embedding → Stacking → Residual Units → Scoring."""
 
+from typing import Dict
+
 import torch
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.embeddings import FeatureEmbeddings
 from ctr.models.layers import ResidualUnit
+from ctr.models.table_groups import TableGroup
 
 
 class DeepCrossing(nn.Module):
@@ -40,3 +43,7 @@ class DeepCrossing(nn.Module):
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         stacked = torch.cat([dense_features, self.embeddings(sparse_features)], dim=1)
         return self.scoring(self.residual_units(stacked)).squeeze(-1)
+
+    def table_groups(self) -> Dict[str, TableGroup]:
+        """All tables train with the sparse optimizer."""
+        return {"sparse": TableGroup([self.embeddings.collection])}

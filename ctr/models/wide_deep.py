@@ -2,7 +2,7 @@
 trained jointly with an embedding + MLP tower; the logit is the sum of the two."""
 
 from dataclasses import replace
-from typing import List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.crossing import Cross, parse_crosses
 from ctr.features.embeddings import FeatureEmbeddings
+from ctr.models.table_groups import TableGroup
 
 
 class WideLinear(nn.Module):
@@ -23,8 +24,8 @@ class WideLinear(nn.Module):
     row of `COLUMNS` = 4 entries, zero at the start, and the weight is their sum. Every entry
     of a row gets the same gradient g (that of the weight), so under SGD, Adagrad and
     row-wise Adagrad the entries stay equal and the weight moves by 4× one entry's step:
-    exactly the 1-wide linear model trained with 4× the learning rate. `apply_table_optimizers`
-    (`ctr.parallel.optimizers`) therefore gives these tables lr / COLUMNS, which makes the
+    exactly the 1-wide linear model trained with 4× the learning rate. The tables' group
+    (`table_group`) therefore scales their learning rate by 1 / COLUMNS, which makes the
     wide part exactly the configured optimizer on scalar weights (tests/models/test_wide_deep.py).
     Bags are sum-pooled: a bag contributes the sum of its ids' weights, as in a linear
     model over a multi-hot vector.
@@ -38,6 +39,10 @@ class WideLinear(nn.Module):
     def __init__(self, tables: Sequence[EmbeddingBagConfig], device: Optional[torch.device] = None) -> None:
         super().__init__()
         self.collection = EmbeddingBagCollection(tables=list(tables), device=device)
+
+    def table_group(self) -> TableGroup:
+        """The wide tables train with `optimizer.wide` at lr / COLUMNS: scalar weights at lr."""
+        return TableGroup([self.collection], settings="wide", lr_scale=1 / self.COLUMNS)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         # A plain sum over every key's columns: the order a sharded collection returns keys in is irrelevant.
@@ -88,9 +93,10 @@ class WideAndDeep(nn.Module):
         embeddings: FeatureEmbeddings,
         num_dense_features: int,
         hidden_dims: Sequence[int] = (256, 128),
-        wide: Mapping = {},
+        wide: Optional[Mapping] = None,
     ) -> None:
         super().__init__()
+        wide = wide or {}
         if not hidden_dims or any(d <= 0 for d in hidden_dims):
             raise ValueError(f"model.hidden_dims={list(hidden_dims)}: expected one or more positive widths")
         features = wide.get("features")
@@ -112,3 +118,7 @@ class WideAndDeep(nn.Module):
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         stacked = torch.cat([dense_features, self.embeddings(sparse_features)], dim=1)
         return self.deep(stacked).squeeze(-1) + self.wide(sparse_features)
+
+    def table_groups(self) -> Dict[str, TableGroup]:
+        """The deep tables train with the sparse optimizer, the wide ones with their own."""
+        return {"sparse": TableGroup([self.embeddings.collection]), "wide": self.wide.table_group()}

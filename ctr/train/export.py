@@ -19,10 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from torchrec.inference.modules import quantize_embeddings
 from torchrec.tensor_types import UInt4Tensor
 
+from ctr.build import build_input_hashing, build_task
 from ctr.features.hashing import FeatureHashing
+from ctr.models.task import ClickTask
 from ctr.train.checkpoint import BEST, checkpoint_directory, latest
-from ctr.train.run import build_input_hashing, build_task
-from ctr.train.task import ClickTask
 
 # `precision` of an export → the quantized weight dtype TorchRec maps to FBGEMM's int8/int4 rows.
 EXPORT_DTYPES = {"int8": torch.qint8, "int4": torch.quint4x2}

@@ -39,13 +39,28 @@ class Hooks:
     """Periodic work between steps; each hook is a collective, called on every rank.
 
     `on_eval(step)` runs with the model's own forward restored and returns True to stop
-    training (early stopping); `on_checkpoint(step)` saves state after `step` steps.
+    training (early stopping); `on_checkpoint(step)` saves state after `step` steps. At the
+    end of the run (`finish`) both run once more, unless the loop just ran them.
     """
 
     eval_every_steps: Optional[int] = None
     on_eval: Optional[Callable[[int], bool]] = None
     checkpoint_every_steps: Optional[int] = None
     on_checkpoint: Optional[Callable[[int], None]] = None
+
+    def eval_due(self, step: int) -> bool:
+        return self.on_eval is not None and is_due(step, self.eval_every_steps)
+
+    def checkpoint_due(self, step: int) -> bool:
+        return self.on_checkpoint is not None and is_due(step, self.checkpoint_every_steps)
+
+    def finish(self, result: TrainResult, start_step: int) -> None:
+        """The run's last checkpoint (if it trained any step) and its last validation (unless
+        it stopped early), each unless the loop ran it after the last step."""
+        if self.on_checkpoint is not None and result.steps > start_step and not self.checkpoint_due(result.steps):
+            self.on_checkpoint(result.steps)
+        if self.on_eval is not None and not (result.stopped_early or self.eval_due(result.steps)):
+            self.on_eval(result.steps)
 
 
 def _global_mean(value: float) -> float:
@@ -70,14 +85,16 @@ def train(
     max_steps: Optional[int] = None,
     start_step: int = 0,
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
-    hooks: Hooks = Hooks(),
+    hooks: Optional[Hooks] = None,
     scalars: Optional[Scalars] = None,
 ) -> TrainResult:
     """Runs the pipeline from `start_step` until the batches run out (or `max_steps`).
 
     The pipeline distributes batch i+1's sparse input while batch i computes, where the
     device has streams to overlap them (CUDA); on CPU it runs the same stages in order.
+    The hooks' end-of-run work (`Hooks.finish`) runs last, not counted in the timings.
     """
+    hooks = hooks or Hooks()
     model.train()
     pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
     total = min(num_steps, max_steps) if max_steps is not None else num_steps
@@ -121,17 +138,18 @@ def train(
                     step,
                 )
             window_start, window_samples = now, 0
-        if is_due(step, hooks.eval_every_steps) and hooks.on_eval is not None:
+        if hooks.eval_due(step):
             pipeline.detach()  # evaluation calls the model's own forward
             stop = hooks.on_eval(step)
             pipeline.attach(model)
             if stop:
                 result.stopped_early = True
                 break
-        if is_due(step, hooks.checkpoint_every_steps) and hooks.on_checkpoint is not None:
+        if hooks.checkpoint_due(step):
             hooks.on_checkpoint(step)
         step_start = time.perf_counter()
     result.seconds = time.perf_counter() - start
     bar.close()
     pipeline.detach()  # restores the model's own forward, for evaluation
+    hooks.finish(result, start_step)
     return result

@@ -13,12 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchrec.distributed.planner.types import PlannerError, PlannerErrorType
 
-from ctr.parallel.optimizers import apply_table_optimizers
+from ctr.build import build_task, mark_table_optimizers
 from ctr.parallel.plan_summary import (
     GIB, element_size, embedding_tables, format_estimates, format_plan, plan_report, plan_rows,
 )
 from ctr.parallel.planner import build_planner, sharders
-from ctr.train.run import build_task
 
 
 @dataclass
@@ -48,8 +47,7 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     """Plans `cfg`'s model on its cluster; `fits` is False (and `text` says why) when no plan exists."""
     world_size, local_world_size, device = cluster(cfg)
     task = build_task(cfg, instantiate(cfg.data), torch.device("meta"))
-    opt = cfg.optimizer
-    apply_table_optimizers(task, opt, torch.device(device))
+    mark_table_optimizers(task, cfg.optimizer, torch.device(device))
     tables = embedding_tables(task)
     weights = sum(t.num_embeddings * t.embedding_dim * element_size(t) for t in tables)
     budget = cfg.sharding.memory_budget_gb

@@ -5,122 +5,32 @@
 """
 
 import logging
-import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, Optional
 
-import numpy as np
-import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.types import ShardingPlan
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim.keyed import CombinedOptimizer
 
 from ctr.atomic import write_json_atomic
+from ctr.build import Trainable, build_trainable, seed_everything
 from ctr.data.reader import batches, num_steps, prefetch
-from ctr.features.crossing import CrossedHashing, parse_crosses
-from ctr.features.embeddings import FeatureEmbeddings
-from ctr.features.hashing import FeatureHashing, build_hashing
-from ctr.features.tables import embedding_bag_configs, feature_dims, per_table_setting
-from ctr.parallel.comms import WIRE_BYTES, qcomm_codecs
-from ctr.parallel.model_parallel import distribute
-from ctr.parallel.optimizers import apply_table_optimizers, combined_optimizer, fused_state_bytes, wide_optimizer
-from ctr.parallel.plan_summary import (
-    bytes_per_rank, format_estimates, format_plan, plan_report, plan_rows, pooled_comms_bytes,
-)
-from ctr.parallel.planner import plan_sharding
+from ctr.parallel.comms import WIRE_BYTES
+from ctr.parallel.optimizers import fused_state_bytes
+from ctr.parallel.plan_summary import bytes_per_rank, format_estimates, format_plan, plan_report, pooled_comms_bytes
 from ctr.parallel.process_group import DistributedEnv, in_process_group
+from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
-from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
-from ctr.train.loop import Hooks, is_due, train
+from ctr.train.loop import Hooks, TrainResult, train
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
 from ctr.train.schedule import build_scheduler
 from ctr.train.validation import Validation
-from ctr.train.task import ClickTask
 
 log = logging.getLogger(__name__)
 
 JOB_START_ENV = "CTR_JOB_START"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_input_hashing(cfg: DictConfig, source) -> FeatureHashing:
-    """The batch transform of the data path: `embedding.hashing` over the data's features,
-    plus the crossed features the model reads (`model.wide.crosses`), if any."""
-    hashing = build_hashing(cfg.embedding, source)
-    crosses = parse_crosses(OmegaConf.select(cfg, "model.wide.crosses", default=None) or [], source.sparse_names)
-    return CrossedHashing(hashing, crosses) if crosses else hashing
-
-
-def build_task(cfg: DictConfig, source, device: torch.device, hashing: Optional[FeatureHashing] = None) -> ClickTask:
-    """The unsharded model; its tables on `device` (meta: allocated later, shard by shard).
-
-    `hashing` (`build_input_hashing` when not given) decides each feature's tables.
-    """
-    embedding = cfg.embedding
-    hashing = hashing or build_input_hashing(cfg, source)
-    shared = getattr(source, "shared_tables", {})
-    table_rows = hashing.table_rows()
-    rule = embedding.dim_rule
-    dims = feature_dims(
-        {feature: math.prod(parts.values()) for feature, parts in table_rows.items()},
-        embedding.dim, embedding.dim_per_feature, rule.k, rule.min, rule.max,
-    )
-    pooling = per_table_setting(source.sparse_names, embedding.pooling, embedding.pooling_per_feature, shared,
-                                "embedding.pooling_per_feature")
-    tables = embedding_bag_configs(table_rows, dims, embedding.precision, shared, pooling)
-    ebc = EmbeddingBagCollection(tables=tables, device=device)
-    embeddings = FeatureEmbeddings(ebc, {feature: list(parts) for feature, parts in table_rows.items()}, hashing.combine)
-    model = instantiate(cfg.model, embeddings=embeddings, num_dense_features=len(source.dense_names))
-    # Runs saved before `trainer.dense_precision` existed were fp32.
-    return ClickTask(model, OmegaConf.select(cfg, "trainer.dense_precision", default="fp32"))
-
-
-@dataclass
-class Trainable:
-    """A sharded model ready to train: what every training entry point builds from a config."""
-
-    source: Any
-    hashing: FeatureHashing
-    model: DistributedModelParallel
-    optimizer: CombinedOptimizer
-    plan: ShardingPlan
-    rows: List[dict]  # the plan, one row per table (`plan_rows`)
-    estimates: Any  # the planner's per-rank estimates
-    parameters: Dict[str, int]  # per part of the model (`parameter_counts`)
-
-
-def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
-    """Data source, hashing, the model sharded by the planner's plan, and its optimizers."""
-    source = instantiate(cfg.data)
-    codecs = qcomm_codecs(cfg.comms, env.device)
-    hashing = build_input_hashing(cfg, source)
-    task = build_task(cfg, source, torch.device("meta"), hashing)
-    parameters = parameter_counts(task)
-    opt = cfg.optimizer
-    apply_table_optimizers(task, opt, env.device)
-    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
-    rows = plan_rows(plan, task)  # before sharding replaces the tables
-    model = distribute(task, env, plan, codecs)
-    optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr, wide_optimizer(opt))
-    return Trainable(source, hashing, model, optimizer, plan, rows, estimates, parameters)
-
-
-def parameter_counts(task: ClickTask) -> Dict[str, int]:
-    """Parameters per part of the model (its direct submodules: tables, towers), meta or not."""
-    return {name: sum(p.numel() for p in part.parameters()) for name, part in task.model.named_children()}
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
@@ -138,23 +48,42 @@ def run_worker(cfg_container: dict, run_dir: str) -> Dict[str, float]:
 
 
 def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) -> Dict[str, float]:
+    built = _build(cfg, run_dir, env)
+    fitted = _fit(cfg, built, run_dir, env)
+    return _report(cfg, built, fitted, run_dir, env, job_start)
+
+
+def _build(cfg: DictConfig, run_dir: Path, env: DistributedEnv) -> Trainable:
+    """Seeds, builds the sharded model and writes its plan (plan.json)."""
     seed_everything(cfg.distributed.seed)
     if env.is_main:
         log.info("rank 0 of %d, backend %s, device %s, run dir %s", env.world_size, env.backend, env.device, run_dir)
     built = build_trainable(cfg, env)
-    source, hashing, model, optimizer, rows = built.source, built.hashing, built.model, built.optimizer, built.rows
     if env.is_main:
         log.info("parameters: %s", ", ".join(f"{part} {count:,}" for part, count in built.parameters.items()))
-        log.info("sharding plan:\n%s\n%s", format_plan(rows), format_estimates(built.estimates))
-        write_json_atomic(run_dir / "plan.json", plan_report(built.plan, rows, built.estimates))
-    opt = cfg.optimizer
+        log.info("sharding plan:\n%s\n%s", format_plan(built.rows), format_estimates(built.estimates))
+        write_json_atomic(run_dir / "plan.json", plan_report(built.plan, built.rows, built.estimates))
+    return built
 
-    trainer = cfg.trainer
+
+@dataclass
+class Fitted:
+    """What training left for the report."""
+
+    result: TrainResult
+    start_step: int  # the step training resumed from (0: a fresh start)
+    validation: Validation
+    scalars: Scalars
+
+
+def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) -> Fitted:
+    """Trains from the checkpoint to resume from (if any), validating and checkpointing as configured."""
+    opt, trainer, ckpt = cfg.optimizer, cfg.trainer, cfg.checkpoint
+    model, optimizer, source = built.model, built.optimizer, built.source
     steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
     total_steps = steps_per_epoch * trainer.epochs
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
-    ckpt = cfg.checkpoint
     checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last)
     start_step = 0
     resume_from = _resume_path(ckpt.resume, checkpointer.directory)
@@ -163,27 +92,24 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
 
     scalars = Scalars(run_dir / "tensorboard", enabled=env.is_main and trainer.tensorboard)
 
-    def evaluate_split(split: str) -> Dict[str, float]:
-        return evaluate(model, source, split, hashing, env, trainer.eval_batch_size)
-
     def save_best(step: int, metrics: Dict[str, float]) -> None:
         checkpointer.save(step, model, optimizer, scheduler, name=BEST, info={"metric": trainer.best_metric, "value": metrics[trainer.best_metric]})
 
-    has_val = source.num_rows("val") > 0
     validation = Validation(
-        lambda: evaluate_split("val"), trainer.best_metric, trainer.early_stopping_patience,
+        lambda: evaluate(model, source, "val", built.hashing, env, trainer.eval_batch_size),
+        trainer.best_metric, trainer.early_stopping_patience,
         save_best if ckpt.keep_best else None, scalars, env.is_main, best=best_value(checkpointer.directory),
     )
     hooks = Hooks(
-        eval_every_steps=trainer.eval_every_steps if has_val else None,
-        on_eval=validation,
+        eval_every_steps=trainer.eval_every_steps,
+        on_eval=validation if source.num_rows("val") > 0 else None,
         checkpoint_every_steps=ckpt.every_steps,
         on_checkpoint=lambda step: checkpointer.save(step, model, optimizer, scheduler),
     )
     result = train(
         model,
         optimizer,
-        prefetch(_train_batches(source, hashing, cfg, env, start_step, steps_per_epoch)),
+        prefetch(_train_batches(source, built.hashing, cfg, env, start_step, steps_per_epoch)),
         env,
         num_steps=total_steps,
         log_every_steps=trainer.log_every_steps,
@@ -194,17 +120,21 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         hooks=hooks,
         scalars=scalars,
     )
-    if result.steps > start_step and not is_due(result.steps, ckpt.every_steps):
-        checkpointer.save(result.steps, model, optimizer, scheduler)
-    if has_val and not (result.stopped_early or is_due(result.steps, hooks.eval_every_steps)):
-        validation(result.steps)
-    metrics = evaluate_split("test")
+    return Fitted(result, start_step, validation, scalars)
+
+
+def _report(
+    cfg: DictConfig, built: Trainable, fitted: Fitted, run_dir: Path, env: DistributedEnv, job_start: float
+) -> Dict[str, float]:
+    """Evaluates on the test split and writes the run's figures (metrics.json); returns them."""
+    trainer, result, rows = cfg.trainer, fitted.result, built.rows
+    metrics = evaluate(built.model, built.source, "test", built.hashing, env, trainer.eval_batch_size)
     memory = peak_memory_per_rank(env.device)
-    state_bytes = per_rank(fused_state_bytes(model), env.device)
+    state_bytes = per_rank(fused_state_bytes(built.model), env.device)
     summary = {
         **{f"test_{k}": v for k, v in metrics.items()},
-        **{f"val_{k}": v for k, v in validation.last.items()},
-        "best_val_" + trainer.best_metric: validation.best,
+        **{f"val_{k}": v for k, v in fitted.validation.last.items()},
+        "best_val_" + trainer.best_metric: fitted.validation.best,
         "embedding_bytes": sum(sum(row["bytes_per_rank"].values()) for row in rows),
         "embedding_bytes_per_rank": bytes_per_rank(rows),
         "optimizer_state_bytes": sum(state_bytes),
@@ -214,7 +144,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
             WIRE_BYTES[cfg.comms.forward_precision], WIRE_BYTES[cfg.comms.backward_precision],
         ),
         "train_steps": result.steps,
-        "resumed_from_step": start_step,
+        "resumed_from_step": fitted.start_step,
         "stopped_early": result.stopped_early,
         "train_samples": result.samples,
         "train_seconds": result.seconds,
@@ -224,8 +154,8 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         "world_size": env.world_size,
         "parameters": built.parameters,
     }
-    scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
-    scalars.close()
+    fitted.scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
+    fitted.scalars.close()
     if env.is_main:
         teacher = f" (teacher {metrics['teacher_auc']:.4f})" if "teacher_auc" in metrics else ""
         log.info(

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from plain_baseline import build_plain_model  # noqa: E402
 
-from ctr.train.run import build_task  # noqa: E402
+from ctr.build import build_task  # noqa: E402
 from tests.hydra_config import TINY, compose  # noqa: E402
 
 

@@ -9,7 +9,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.tables import embedding_bag_configs, per_table_setting
 from ctr.parallel.model_parallel import distribute
-from ctr.parallel.optimizers import apply_sparse_optimizer
+from ctr.parallel.optimizers import TableOptimizer, apply_table_optimizer
 from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.parallel.state import load_full_state
@@ -54,7 +54,7 @@ def _sharded_pooling(sharding: dict, out_path: str) -> None:
     env = init_distributed("auto")
     try:
         ebc = EmbeddingBagCollection(tables=_tables({"genre": "mean"}), device=torch.device("meta"))
-        apply_sparse_optimizer(ebc, "rowwise_adagrad", 0.1, 1e-8, env.device)
+        apply_table_optimizer([ebc], TableOptimizer("rowwise_adagrad", 0.1, 1e-8), env.device)
         plan, _ = plan_sharding(ebc, env, OmegaConf.create(sharding), 2)
         model = distribute(ebc, env, plan)
         load_full_state(model, WEIGHTS)

@@ -7,11 +7,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from ctr.build import build_trainable
 from ctr.data.reader import batches
 from ctr.parallel.comms import check_comms
 from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.train.loop import train
-from ctr.train.run import build_trainable
 from tests.hydra_config import TINY, compose
 from tests.multiprocess import run_ranks
 

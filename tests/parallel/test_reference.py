@@ -28,16 +28,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
+from ctr.build import build_input_hashing, build_task, optimizers, shard
 from ctr.data.reader import batches, num_steps
 from ctr.features.hashing import feature_table_sizes
-from ctr.parallel.model_parallel import distribute
-from ctr.parallel.optimizers import apply_table_optimizers, combined_optimizer, wide_optimizer
-from ctr.parallel.plan_summary import plan_rows
-from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.parallel.state import full_state_dict, load_full_state
 from ctr.train.loop import train
-from ctr.train.run import build_input_hashing, build_task
 from tests.hydra_config import TINY, compose
 from tests.multiprocess import run_ranks
 
@@ -77,13 +73,10 @@ def _train_sharded(cfg_dict: dict, init_path: str, out_path: str, broken_rank: i
         source = instantiate(cfg.data)
         hashing = build_input_hashing(cfg, source)
         task = build_task(cfg, source, torch.device("meta"), hashing)
-        opt = cfg.optimizer
-        apply_table_optimizers(task, opt, env.device)
-        plan, _ = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size)
-        rows = plan_rows(plan, task)
-        model = distribute(task, env, plan)
+        sharded = shard(task, env, cfg)
+        model, plan, rows = sharded.model, sharded.plan, sharded.rows
         load_full_state(model, torch.load(init_path))
-        optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr, wide_optimizer(opt))
+        optimizer = optimizers(model, cfg)
         if env.rank == broken_rank:  # the negative control: this rank skips its sparse updates
             for group in model.fused_optimizer.param_groups:
                 group["lr"] = 0.0

@@ -21,15 +21,13 @@ from torchrec.datasets.utils import Batch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ctr.build import build_task, optimizers, shard
+from ctr.models.table_groups import TableGroup
+from ctr.models.task import ClickTask
 from ctr.models.wide_deep import WideLinear, wide_tables
-from ctr.parallel.model_parallel import distribute
-from ctr.parallel.optimizers import apply_table_optimizers, combined_optimizer, wide_optimizer
-from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.parallel.state import full_state_dict
 from ctr.train.loop import train
-from ctr.train.run import build_task
-from ctr.train.task import ClickTask
 from tests.hydra_config import TINY, compose
 from tests.multiprocess import run_ranks
 from tests.parallel.test_reference import ATOL, RTOL, STEPS, _assert_same, _train_sharded
@@ -50,6 +48,9 @@ class WideOnly(nn.Module):
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         return self.wide(sparse_features) + self.bias
+
+    def table_groups(self) -> Dict[str, TableGroup]:
+        return {"wide": self.wide.table_group()}
 
 
 def _batches() -> List[Dict[str, torch.Tensor]]:
@@ -77,11 +78,8 @@ def _train_wide(cfg_dict: dict, out_path: str) -> None:
     env = init_distributed("auto")
     try:
         task = ClickTask(WideOnly())
-        apply_table_optimizers(task, cfg.optimizer, env.device)
-        plan, _ = plan_sharding(task, env, cfg.sharding, BATCH)
-        model = distribute(task, env, plan)
-        opt = cfg.optimizer
-        optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr, wide_optimizer(opt))
+        model = shard(task, env, cfg).model
+        optimizer = optimizers(model, cfg)
         result = train(model, optimizer, (_as_batch(b) for b in _batches()), env, STEPS, 10**9, progress_bar=False)
         torch.save({"losses": result.losses, "state": full_state_dict(model)}, out_path)
     finally:
@@ -116,7 +114,7 @@ def _hand_trained(name: str, lr: float, eps: float):
     (["sharding=data_parallel", "optimizer.wide.name=adagrad", "optimizer.wide.lr=0.3"], ("adagrad", 0.3)),  # unfused tables
 ], ids=["fused-sgd", "fused-adagrad", "fused-rowwise_adagrad", "data_parallel-adagrad"])
 def test_the_wide_part_trains_as_a_scalar_linear_model(tmp_path, overrides, optimizer):
-    cfg = compose(*TINY, "optimizer.dense_lr=0.0", *overrides)
+    cfg = compose(*TINY, f"trainer.batch_size={BATCH}", "optimizer.dense_lr=0.0", *overrides)
     run_ranks(_train_wide, 1, OmegaConf.to_container(cfg, resolve=True), str(tmp_path / "out.pt"))
     out = torch.load(tmp_path / "out.pt")
     losses, weights = _hand_trained(*optimizer, eps=1e-8)

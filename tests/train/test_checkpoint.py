@@ -97,14 +97,11 @@ def test_best_checkpoint_is_kept_by_the_validation_metric(uninterrupted):
 def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     from hydra.utils import instantiate
 
+    from ctr.build import build_task, optimizers, shard
     from ctr.data.reader import batches
     from ctr.features.hashing import ModuloHashing
-    from ctr.parallel.model_parallel import distribute
-    from ctr.parallel.optimizers import apply_sparse_optimizer, combined_optimizer
-    from ctr.parallel.planner import plan_sharding
     from ctr.parallel.process_group import init_distributed, shutdown
     from ctr.train.loop import train
-    from ctr.train.run import build_task
     from ctr.train.schedule import build_scheduler
     from tests.hydra_config import compose
 
@@ -118,9 +115,8 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_pa
     try:
         source = instantiate(cfg.data)
         task = build_task(cfg, source, torch.device("meta"))
-        apply_sparse_optimizer(task, "rowwise_adagrad", 0.05, 1e-8, env.device)
-        model = distribute(task, env, plan_sharding(task, env, cfg.sharding, 32)[0])
-        optimizer = combined_optimizer(model, "rowwise_adagrad", 0.05, 1e-8, 1e-3)
+        model = shard(task, env, cfg).model
+        optimizer = optimizers(model, cfg)
         scheduler = build_scheduler(optimizer, cfg.optimizer.sparse_schedule, cfg.optimizer.dense_schedule, 10)
         hashing = ModuloHashing({name: 200 for name in source.sparse_names})
         train(model, optimizer, (hashing(b) for b in batches(source, "train", 32, 0, 1, True)), env, 3, 10, False)

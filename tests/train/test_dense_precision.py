@@ -1,14 +1,12 @@
 """`trainer.dense_precision=bf16`: the dense tower under autocast, on 2 ranks, tracks fp32."""
 
-import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ctr.build import build_trainable, seed_everything
 from ctr.data.reader import batches
 from ctr.parallel.process_group import in_process_group
 from ctr.train.loop import train
-from ctr.train.run import build_trainable, seed_everything
-from ctr.train.task import ClickTask
 from tests.hydra_config import TINY, compose
 from tests.multiprocess import run_ranks
 
@@ -46,8 +44,3 @@ def test_bf16_dense_tower_tracks_fp32_on_two_ranks(tmp_path):
     assert fp32.dtype == bf16.dtype == torch.float32  # logits and loss stay fp32
     gap = (fp32 - bf16).abs().max().item()
     assert 0 < gap < LOGIT_TOLERANCE, gap  # bf16 really ran, and stays close
-
-
-def test_a_bad_dense_precision_names_the_key():
-    with pytest.raises(ValueError, match="trainer.dense_precision='fp8'"):
-        ClickTask(torch.nn.Identity(), "fp8")

@@ -54,17 +54,10 @@ def _train(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(
-    "option,message",
-    [
-        ("optimizer.sparse=adam", "optimizer.sparse='adam' has no FBGEMM CPU kernel"),
-        ("optimizer.state_precision=fp16", "optimizer.state_precision='fp16': FBGEMM 1.8 keeps optimizer state"),
-    ],
-)
-def test_a_bad_option_fails_at_start_up_naming_it(tmp_path, option, message):
-    proc = _train(tmp_path, option)
+def test_an_optimizer_without_a_cpu_kernel_fails_at_start_up_naming_it(tmp_path):
+    proc = _train(tmp_path, "optimizer.sparse=adam")
     assert proc.returncode != 0
-    assert message in proc.stdout + proc.stderr
+    assert "optimizer.sparse='adam' has no FBGEMM CPU kernel" in proc.stdout + proc.stderr
     assert "train loss" not in proc.stdout + proc.stderr
 
 

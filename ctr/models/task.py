@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
 
+from ctr.models.table_groups import TableGroup
+
 # `trainer.dense_precision` → the autocast dtype of the model's forward (None: no autocast).
 DENSE_PRECISIONS: Dict[str, Optional[torch.dtype]] = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -23,14 +25,16 @@ class ClickTask(nn.Module):
 
     def __init__(self, model: nn.Module, dense_precision: str = "fp32") -> None:
         super().__init__()
-        if dense_precision not in DENSE_PRECISIONS:
-            raise ValueError(f"trainer.dense_precision={dense_precision!r}: expected one of {list(DENSE_PRECISIONS)}")
         self.model = model
         self.loss_fn = nn.BCEWithLogitsLoss()
         self._autocast_dtype = DENSE_PRECISIONS[dense_precision]
         # Autocast on every device type present (each affects only its own ops): the device
         # is not known here, and the pipeline's fx trace sees no concrete `tensor.device`.
         self._autocast_devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+    def table_groups(self) -> Dict[str, TableGroup]:
+        """The model's table groups (`ctr.models.table_groups`)."""
+        return self.model.table_groups()
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         with ExitStack() as stack:
