@@ -38,7 +38,7 @@ from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
-from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
+from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, training_config
 from ctr.train.loop import Hooks, is_due, train
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
 from ctr.train.schedule import build_scheduler
@@ -155,9 +155,9 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
     ckpt = cfg.checkpoint
-    checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last)
+    checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last, env.device, training_config(cfg))
     start_step = 0
-    resume_from = _resume_path(ckpt.resume, checkpointer.directory)
+    resume_from = checkpointer.resume_point(ckpt.resume, ckpt.allow_config_change)
     if resume_from is not None:
         start_step = checkpointer.load(resume_from, model, optimizer, scheduler, weights_only=ckpt.weights_only)
 
@@ -235,15 +235,6 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         )
         write_json_atomic(run_dir / "metrics.json", summary)
     return summary
-
-
-def _resume_path(resume: str, directory: Path) -> Optional[Path]:
-    """`checkpoint.resume`: auto (latest complete checkpoint in `directory`, if any), none, or a path."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return latest(directory)
-    return Path(resume)
 
 
 def _train_batches(source, hashing, cfg: DictConfig, env: DistributedEnv, start_step: int, steps_per_epoch: int):

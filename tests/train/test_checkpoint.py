@@ -124,7 +124,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_pa
         scheduler = build_scheduler(optimizer, cfg.optimizer.sparse_schedule, cfg.optimizer.dense_schedule, 10)
         hashing = ModuloHashing({name: 200 for name in source.sparse_names})
         train(model, optimizer, (hashing(b) for b in batches(source, "train", 32, 0, 1, True)), env, 3, 10, False)
-        checkpointer = checkpoint_module.Checkpointer(tmp_path, keep_last=2)
+        checkpointer = checkpoint_module.Checkpointer(tmp_path, 2, env.device, checkpoint_module.training_config(cfg))
         saved = {k: _local(v).clone() for k, v in model.state_dict().items()}
         good = checkpointer.save(3, model, optimizer, scheduler)
 
