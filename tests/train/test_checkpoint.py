@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,3 +195,16 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_finishes_as_if_uninterrupte
     assert metrics["train_steps"] == reference["train_steps"] == 100
     for key in ("test_auc", "test_log_loss", "val_auc"):
         assert metrics[key] == reference[key], key
+
+
+def test_rerunning_a_run_directory_with_another_config_is_refused_naming_the_keys(uninterrupted, tmp_path):
+    run_dir = tmp_path / "rerun"
+    shutil.copytree(uninterrupted, run_dir)
+    proc = subprocess.run(
+        [sys.executable, "launch/train.py", *RUN, f"hydra.run.dir={run_dir}", "checkpoint.every_steps=5",
+         "model.residual_hidden_dim=8", "trainer.progress_bar=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "written with a different config; keys that differ: ['model.residual_hidden_dim']" in proc.stderr
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((uninterrupted / "metrics.json").read_text())

@@ -13,31 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from ctr.data.reader import batches as batches_of
 from ctr.parallel.process_group import INIT_METHOD_ENV, init_distributed, shutdown
-from ctr.train import checkpoint as checkpoint_module
 from ctr.train.checkpoint import (
-    COMPLETE, CheckpointError, Checkpointer, config_differences, extra_state, restore_rng, sha256_file,
-    training_config,
+    COMPLETE, CheckpointError, Checkpointer, config_differences, extra_state, restore_rng, training_config,
 )
 from ctr.train.loop import train
 from ctr.train.run import build_trainable
 from ctr.train.schedule import build_scheduler
 from tests.hydra_config import TINY, compose
 from tests.multiprocess import run_ranks
-
-
-class MakesMarker:
-    """A harmless stand-in for malicious code: unpickling it creates the directory `marker`."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.mkdir, (str(self.marker),)
+from tests.train.tampering import MakesMarker, rehash
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +60,6 @@ def _copy(saved: Path, tmp_path: Path) -> Path:
     directory = tmp_path / "checkpoints"
     shutil.copytree(saved, directory)
     return directory
-
-
-def _rehash(path: Path) -> None:
-    """Records the current files' sha256 in COMPLETE, as an attacker who edits COMPLETE too would."""
-    record = json.loads((path / COMPLETE).read_text())
-    record["files"] = {name: sha256_file(path / name) for name in record["files"]}
-    (path / COMPLETE).write_text(json.dumps(record))
 
 
 def _checkpointer(one_rank, directory: Path, **changes) -> Checkpointer:
@@ -128,7 +109,7 @@ def test_a_crafted_extra_state_file_is_refused_without_running_its_code(one_rank
     path = directory / "step_000000004"
     marker = tmp_path / "marker"
     torch.save({"step": MakesMarker(marker)}, path / "extra_rank0.pt")
-    _rehash(path)
+    rehash(path)
     with pytest.raises(pickle.UnpicklingError):
         _load(one_rank, _checkpointer(one_rank, directory), path)
     assert not marker.exists()
@@ -141,7 +122,7 @@ def test_a_crafted_metadata_is_refused_without_running_its_code(one_rank, tmp_pa
     metadata = pickle.loads((path / ".metadata").read_bytes())
     metadata.storage_meta.modules = [MakesMarker(marker)]  # otherwise valid: DCP alone would load it
     (path / ".metadata").write_bytes(pickle.dumps(metadata))
-    _rehash(path)
+    rehash(path)
     with pytest.raises(pickle.UnpicklingError, match=r"\.metadata.*posix\.mkdir"):
         _load(one_rank, _checkpointer(one_rank, directory), path)
     assert not marker.exists()
