@@ -9,10 +9,13 @@ and reprs as it and looks it up in a dict keyed by strings, so code reading the 
 compares with strings as before.
 """
 
+import functools
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum, auto
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
@@ -234,7 +237,7 @@ class ExportConfig:
     """`configs/export.yaml`: a trained run's model with int8/int4 row-wise tables, for inference."""
 
     run_dir: str = MISSING
-    checkpoint: Optional[str] = None
+    checkpoint_path: Optional[str] = None
     precision: ExportPrecision = ExportPrecision.int8
     output: Optional[str] = None
 
@@ -244,7 +247,7 @@ class EvaluateConfig:
     """`configs/evaluate.yaml`: scores a split with a trained run's checkpoint or an exported model."""
 
     run_dir: Optional[str] = None
-    checkpoint: Optional[str] = None
+    checkpoint_path: Optional[str] = None
     exported: Optional[str] = None
     split: Split = Split.test
     batch_size: int = 8192
@@ -469,7 +472,10 @@ class CheckpointConfig:
     training; `keep_best` also keeps the best by `trainer.best_metric`, in `<dir>/best`.
     `resume`: auto (the latest complete checkpoint in `dir`, if any), none, or a checkpoint
     directory's path (so a string, not a closed set). `weights_only` loads the model alone
-    (e.g. into another sharding plan) and starts optimizers afresh.
+    (e.g. into another sharding plan) and starts optimizers afresh. `resume=auto` refuses a
+    checkpoint written under a different config unless every key that differs is in
+    `allow_config_change` (a key or a parent: `[trainer.epochs]` to train on, `[optimizer]`
+    to fine-tune weights).
     """
 
     dir: Optional[str] = None
@@ -478,6 +484,7 @@ class CheckpointConfig:
     keep_best: bool = True
     resume: str = "auto"
     weights_only: bool = False
+    allow_config_change: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -505,13 +512,28 @@ class Config:
 
 
 def run_name() -> str:
-    """The run directory's name: torchrun's run id when under torchrun, else the time.
+    """The run directory's name: torchrun's run id when under torchrun, else the time and a
+    random suffix, so two jobs started in the same second get different directories.
 
     Every rank, and every restart of a job under `torchrun --max-restarts`, gets the same
     name, so all ranks write to one directory and a restarted job finds its checkpoints.
     """
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    return f"torchrun-{run_id[:8]}" if run_id != "none" else time.strftime("%H-%M-%S")
+    return f"torchrun-{run_id[:8]}" if run_id != "none" else f"{time.strftime('%H-%M-%S')}-{secrets.token_hex(3)}"
+
+
+@functools.lru_cache(maxsize=None)
+def run_dir(parent: str) -> str:
+    """`<parent>/<run_name()>`, created here, exclusively unless under torchrun (whose ranks share it).
+
+    Cached: Hydra may resolve `hydra.run.dir` more than once, and every time it is this job's.
+    """
+    path = Path(parent) / run_name()
+    try:
+        path.mkdir(parents=True, exist_ok="TORCHELASTIC_RUN_ID" in os.environ)
+    except FileExistsError:
+        raise FileExistsError(f"run directory {path} already exists: it belongs to another job") from None
+    return str(path)
 
 
 # Config groups nested in another group's node. Hydra picks their options only with `/`
@@ -547,7 +569,7 @@ def register_configs() -> None:
     """
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
-    OmegaConf.register_new_resolver("ctr_run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("ctr_run_dir", run_dir, replace=True)
     # Under torchrun every rank starts the Hydra app; only rank 0 writes the resolved config.
     OmegaConf.register_new_resolver(
         "ctr_rank0_only", lambda value: value if os.environ.get("RANK", "0") == "0" else None, replace=True

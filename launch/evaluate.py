@@ -1,6 +1,6 @@
 """Evaluates a trained run's checkpoint, or an exported model, on a data split (one process).
 
-    python launch/evaluate.py run_dir=<training run dir> [checkpoint=<dir>] [split=test]
+    python launch/evaluate.py run_dir=<training run dir> [checkpoint_path=<dir>] [split=test]
     python launch/evaluate.py exported=<export dir> [split=val]
 """
 
@@ -26,7 +26,7 @@ log = logging.getLogger("ctr.launch")
 def main(cfg: DictConfig) -> dict:
     if (cfg.run_dir is None) == (cfg.exported is None):
         raise ValueError("give exactly one of run_dir=<training run dir> or exported=<export dir>")
-    trained = load_exported(Path(cfg.exported)) if cfg.exported else load_trained(Path(cfg.run_dir), cfg.checkpoint)
+    trained = load_exported(Path(cfg.exported)) if cfg.exported else load_trained(Path(cfg.run_dir), cfg.checkpoint_path)
     env = DistributedEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"), backend="none")
     metrics = evaluate(trained.task, trained.source, cfg.split, trained.hashing, env, cfg.batch_size)
     metrics["table_bytes"] = table_bytes(trained.task)

@@ -1,6 +1,6 @@
 """Exports a trained run's model with int8 or int4 row-wise tables (TorchRec's quantized modules).
 
-    python launch/export.py run_dir=<training run dir> precision=int8 [checkpoint=<dir>] [output=<dir>]
+    python launch/export.py run_dir=<training run dir> precision=int8 [checkpoint_path=<dir>] [output=<dir>]
 """
 
 import json
@@ -21,7 +21,7 @@ log = logging.getLogger("ctr.launch")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.run_dir)
     output = Path(cfg.output) if cfg.output else run_dir / f"export_{cfg.precision}"
-    summary = export(load_trained(run_dir, cfg.checkpoint), cfg.precision, output)
+    summary = export(load_trained(run_dir, cfg.checkpoint_path), cfg.precision, output)
     log.info("exported to %s: %s", output, json.dumps(summary))
 
 

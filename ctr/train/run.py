@@ -20,7 +20,7 @@ from ctr.parallel.comms import WIRE_BYTES
 from ctr.parallel.optimizers import fused_state_bytes
 from ctr.parallel.plan_summary import bytes_per_rank, format_estimates, format_plan, plan_report, pooled_comms_bytes
 from ctr.parallel.process_group import DistributedEnv, in_process_group
-from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
+from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, training_config
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.loop import Hooks, TrainResult, train
@@ -84,9 +84,9 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     total_steps = steps_per_epoch * trainer.epochs
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
-    checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last)
+    checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last, env.device, training_config(cfg))
     start_step = 0
-    resume_from = _resume_path(ckpt.resume, checkpointer.directory)
+    resume_from = checkpointer.resume_point(ckpt.resume, ckpt.allow_config_change)
     if resume_from is not None:
         start_step = checkpointer.load(resume_from, model, optimizer, scheduler, weights_only=ckpt.weights_only)
 
@@ -165,15 +165,6 @@ def _report(
         )
         write_json_atomic(run_dir / "metrics.json", summary)
     return summary
-
-
-def _resume_path(resume: str, directory: Path) -> Optional[Path]:
-    """`checkpoint.resume`: auto (latest complete checkpoint in `directory`, if any), none, or a path."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return latest(directory)
-    return Path(resume)
 
 
 def _train_batches(source, hashing, cfg: DictConfig, env: DistributedEnv, start_step: int, steps_per_epoch: int):

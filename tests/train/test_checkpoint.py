@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_pa
         scheduler = build_scheduler(optimizer, cfg.optimizer.sparse_schedule, cfg.optimizer.dense_schedule, 10)
         hashing = ModuloHashing({name: 200 for name in source.sparse_names})
         train(model, optimizer, (hashing(b) for b in batches(source, "train", 32, 0, 1, True)), env, 3, 10, False)
-        checkpointer = checkpoint_module.Checkpointer(tmp_path, keep_last=2)
+        checkpointer = checkpoint_module.Checkpointer(tmp_path, 2, env.device, checkpoint_module.training_config(cfg))
         saved = {k: _local(v).clone() for k, v in model.state_dict().items()}
         good = checkpointer.save(3, model, optimizer, scheduler)
 
@@ -190,3 +191,16 @@ def test_torchrun_restarts_a_killed_rank_and_the_job_finishes_as_if_uninterrupte
     assert metrics["train_steps"] == reference["train_steps"] == 100
     for key in ("test_auc", "test_log_loss", "val_auc"):
         assert metrics[key] == reference[key], key
+
+
+def test_rerunning_a_run_directory_with_another_config_is_refused_naming_the_keys(uninterrupted, tmp_path):
+    run_dir = tmp_path / "rerun"
+    shutil.copytree(uninterrupted, run_dir)
+    proc = subprocess.run(
+        [sys.executable, "launch/train.py", *RUN, f"hydra.run.dir={run_dir}", "checkpoint.every_steps=5",
+         "model.residual_hidden_dim=8", "trainer.progress_bar=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "written with a different config; keys that differ: ['model.residual_hidden_dim']" in proc.stderr
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads((uninterrupted / "metrics.json").read_text())
