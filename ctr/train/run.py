@@ -28,7 +28,8 @@ from ctr.features.crossing import CrossedHashing, parse_crosses
 from ctr.features.embeddings import FeatureEmbeddings
 from ctr.features.hashing import FeatureHashing, build_hashing, per_table_setting
 from ctr.features.tables import embedding_bag_configs, feature_dims
-from ctr.parallel.comms import WIRE_BYTES, qcomm_codecs
+from ctr.parallel.comms import qcomm_codecs, wire_bytes
+from ctr.parallel.hardware import check_dense_precision
 from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import apply_table_optimizers, combined_optimizer, fused_state_bytes, wide_optimizer
 from ctr.parallel.plan_summary import (
@@ -104,6 +105,7 @@ class Trainable:
 
 def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
     """Data source, hashing, the model sharded by the planner's plan, and its optimizers."""
+    check_dense_precision(OmegaConf.select(cfg, "trainer.dense_precision", default="fp32"), env.device)
     source = instantiate(cfg.data)
     codecs = qcomm_codecs(cfg.comms, env.device)
     hashing = build_input_hashing(cfg, source)
@@ -210,8 +212,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
         "optimizer_state_bytes": sum(state_bytes),
         "optimizer_state_bytes_per_rank": dict(enumerate(state_bytes)),
         "comms_bytes_per_step": pooled_comms_bytes(
-            rows, trainer.batch_size, env.world_size,
-            WIRE_BYTES[cfg.comms.forward_precision], WIRE_BYTES[cfg.comms.backward_precision],
+            rows, trainer.batch_size, env.world_size, env.local_world_size, wire_bytes(cfg.comms, env.device)
         ),
         "train_steps": result.steps,
         "resumed_from_step": start_step,
