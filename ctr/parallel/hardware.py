@@ -56,8 +56,10 @@ def memory_facts(device_type: str, local_world_size: int, on_this_machine: bool 
         host_source = f"this host's memory ({host_memory_bytes() / GIB:.1f} GiB) / {local_world_size} local ranks"
     else:
         host, host_source = DDR_CAP, "TorchRec's default (not planning for this machine)"
-    if device_type != "cuda" or not (on_this_machine and torch.cuda.is_available()):
-        return MemoryFacts(HBM_CAP, host, "TorchRec's default (no GPU of this job read)", host_source)
+    if device_type != "cuda":
+        return MemoryFacts(HBM_CAP, host, "TorchRec's default, unused (a CPU job)", host_source)
+    if not (on_this_machine and torch.cuda.is_available()):
+        return MemoryFacts(HBM_CAP, host, "TorchRec's default (no GPU of this job to read)", host_source)
     index = torch.cuda.current_device()
     properties = torch.cuda.get_device_properties(index)
     free, _ = torch.cuda.mem_get_info(index)
