@@ -225,5 +225,6 @@ def test_uvm_caching_plans_cached_tables_with_their_load_factor_and_the_prefetch
 
 
 def test_a_plan_without_uvm_caching_keeps_the_plain_pipeline():
-    plan, _, _ = _plan("sharding=table_wise", device="cuda")
-    assert not uses_uvm_caching(plan)
+    # The kernel is fixed: left free on CUDA, TorchRec's planner may itself pick UVM caching.
+    plan, rows, _ = _plan("sharding=table_wise", "sharding.compute_kernel=fused", device="cuda")
+    assert set(_by_table(rows, "compute_kernel").values()) == {"fused"} and not uses_uvm_caching(plan)
