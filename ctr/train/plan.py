@@ -13,11 +13,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchrec.distributed.planner.types import PlannerError, PlannerErrorType
 
+from ctr.parallel.hardware import memory_facts
 from ctr.parallel.optimizers import apply_table_optimizers
 from ctr.parallel.plan_summary import (
     GIB, element_size, embedding_tables, format_estimates, format_plan, plan_report, plan_rows,
 )
-from ctr.parallel.hardware import memory_facts
 from ctr.parallel.planner import build_planner, sharders
 from ctr.train.run import build_task
 
