@@ -19,6 +19,8 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 
 # Per-feature ids as EmbeddingBag takes them: (values, offsets).
 FeatureIds = List[Tuple[torch.Tensor, torch.Tensor]]
+# One step's input: dense features, ids per feature, labels.
+PlainBatch = Tuple[torch.Tensor, FeatureIds, torch.Tensor]
 
 
 class PlainDeepCrossing(nn.Module):
@@ -99,6 +101,21 @@ def feature_ids(batch: Batch, keys: Sequence[str]) -> FeatureIds:
     """The batch's hashed ids per feature, as the baseline's data loader would hand them over."""
     features = batch.sparse_features.to_dict()
     return [(features[key].values(), features[key].offsets()) for key in keys]
+
+
+def host_batch(batch: Batch, keys: Sequence[str], device: torch.device) -> PlainBatch:
+    """A batch as the baseline's loader hands it over: on a GPU host in page-locked memory,
+    as ctr's batches reach its pipeline, so that both sides copy to the device alike."""
+    pin = (lambda t: t.pin_memory()) if device.type == "cuda" else (lambda t: t)
+    ids = [(pin(values), pin(offsets)) for values, offsets in feature_ids(batch, keys)]
+    return pin(batch.dense_features), ids, pin(batch.labels)
+
+
+def to_device(batch: PlainBatch, device: torch.device) -> PlainBatch:
+    """The step's copy of a `host_batch` to the device (asynchronous from pinned memory; none on CPU)."""
+    dense, ids, labels = batch
+    move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    return move(dense), [(move(values), move(offsets)) for values, offsets in ids], move(labels)
 
 
 class PlainTrainer:

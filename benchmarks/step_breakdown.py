@@ -5,13 +5,16 @@ that, by the nearest enclosing event's name: TorchRec's pipeline marks its stage
 (`## forward N ##`, `## backward N ##`, `## optimizer N ##`, `## start_sparse_data_dist N ##`,
 ...), its sharded modules mark their lookups (`[lookup]_...`) and output distribution
 (`[output_dist]_...`), and FBGEMM's kernels and the collectives have their own names. What
-is left of the step's wall time is the loop's own Python (`other`). Times are host (CPU)
-times: on a GPU they show launch and synchronisation costs, not kernel times.
+is left of the step's wall time is the loop's own Python (`other`) on CPU, and on a GPU
+the time no kernel ran. On CPU an event's time is its own CPU time; on a GPU it is the
+device time of the kernels it launched itself (`self_device_time_total`), since there
+the host only queues work and its times would show launch costs, not where the step goes.
 """
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.autograd import DeviceType
 from torch.autograd.profiler_util import FunctionEvent
 from torch.profiler import ProfilerActivity, profile
 
@@ -44,6 +47,12 @@ def classify(event: FunctionEvent) -> Optional[str]:
     return None
 
 
+def own_seconds(event: FunctionEvent, device: torch.device) -> float:
+    """The time an operator (a CPU-side event) accounts for itself on `device`: CPU time, or
+    on CUDA the device time of the kernels it launched."""
+    return (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
+
+
 def breakdown(run: Callable[[], List[float]], steps: int, device: torch.device) -> Dict[str, float]:
     """Seconds per step of each category while `run()` trains `steps` steps and returns their times."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -51,9 +60,11 @@ def breakdown(run: Callable[[], List[float]], steps: int, device: torch.device) 
         step_seconds = run()
     totals = dict.fromkeys(ORDER, 0.0)
     for event in prof.events():
+        if event.device_type != DeviceType.CPU:
+            continue  # a kernel: its time is counted in the operator that launched it
         found = classify(event)
         if found is not None:
-            totals[found] += event.self_cpu_time_total / 1e6
+            totals[found] += own_seconds(event, device)
     # `run` drops its first step (pipeline set-up) from `step_seconds`; scale the events alike.
     profiled_steps = steps + 1
     per_step = {name: seconds / profiled_steps for name, seconds in totals.items()}

@@ -21,7 +21,9 @@ dim × 4 for Adagrad, 0 for SGD), summed over features and ranks. Per second: ×
 
 The ranks run with the allocator settings `ctr.parallel.launcher` gives every rank it starts
 (`TUNED_MALLOC`; `CTR_MALLOC=glibc` keeps glibc's defaults), ctr and baseline alike; the JSON
-records them.
+records them, and the CPU's model and flags. A bf16 point on a CPU without bf16
+instructions is skipped with its reason in `skipped.json` (and the log): its figures would
+time an emulation, 60-90x slower than fp32 where measured.
 """
 
 import itertools
@@ -33,7 +35,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import hydra
 import torch
@@ -45,13 +47,14 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.plain_baseline import PlainTrainer, build_plain_model, feature_ids  # noqa: E402
+from benchmarks.plain_baseline import PlainTrainer, build_plain_model, host_batch, to_device  # noqa: E402
 from benchmarks.step_breakdown import breakdown  # noqa: E402
 from ctr.atomic import write_json_atomic  # noqa: E402
 from ctr.build import Trainable, build_trainable, seed_everything  # noqa: E402
 from ctr.config import register_configs  # noqa: E402
 from ctr.data.reader import batches  # noqa: E402
 from ctr.models.task import DENSE_PRECISIONS  # noqa: E402
+from ctr.parallel.hardware import RECORDED_CPU_FLAGS, bf16_cpu_refusal, cpu_flags, cpu_runs_bf16_natively  # noqa: E402
 from ctr.parallel.launcher import launch_workers  # noqa: E402
 from ctr.parallel.process_group import DistributedEnv, in_process_group  # noqa: E402
 from ctr.train.console import quiet_library_noise  # noqa: E402
@@ -89,6 +92,8 @@ def machine() -> dict:
             pass
     return {
         "cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": versions,
+        "cpu_flags": [flag for flag in cpu_flags() if flag in RECORDED_CPU_FLAGS],
+        "cpu_runs_bf16_natively": cpu_runs_bf16_natively(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "allocator": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
         or "glibc default",
@@ -183,6 +188,8 @@ def _measure(env: DistributedEnv, cfg: DictConfig, point: DictConfig) -> dict:
     rank_batches = list(itertools.islice(
         (built.hashing(b) for b in batches(built.source, "train", batch_size, env.rank, env.world_size, True)), count))
     data_seconds = (time.perf_counter() - start) / len(rank_batches)
+    if env.device.type == "cuda":  # as launch/train.py feeds its pipeline: page-locked, copied asynchronously
+        rank_batches = [b.pin_memory() for b in rank_batches]
 
     def ctr_pass(steps: int) -> List[float]:
         """Step times of `steps` steps (the first of a pass, which builds the pipeline, dropped)."""
@@ -202,8 +209,7 @@ def _measure(env: DistributedEnv, cfg: DictConfig, point: DictConfig) -> dict:
         plain = PlainTrainer(build_plain_model(cfg.model, len(built.source.dense_names), rows, cfg.embedding.dim)
                              .to(env.device), cfg.optimizer.sparse_lr, cfg.optimizer.sparse_eps,
                              cfg.optimizer.dense_lr, dtype)
-        plain_batches = [(b.dense_features.to(env.device), [(v.to(env.device), o.to(env.device))
-                          for v, o in feature_ids(b, keys)], b.labels.to(env.device)) for b in rank_batches]
+        plain_batches = [host_batch(b, keys, env.device) for b in rank_batches]
 
     def plain_pass(steps: int) -> List[float]:
         """Rank 0 runs the single-process baseline on every core; the other ranks wait."""
@@ -211,9 +217,9 @@ def _measure(env: DistributedEnv, cfg: DictConfig, point: DictConfig) -> dict:
         if main:
             threads = torch.get_num_threads()
             torch.set_num_threads(os.cpu_count() if env.device.type == "cpu" else threads)
-            for dense, ids, labels in itertools.islice(itertools.cycle(plain_batches), steps):
+            for batch in itertools.islice(itertools.cycle(plain_batches), steps):
                 step_start = time.perf_counter()
-                plain.step(dense, ids, labels).item()
+                plain.step(*to_device(batch, env.device)).item()
                 seconds.append(time.perf_counter() - step_start)
             torch.set_num_threads(threads)
         rank0_done(env)
@@ -324,12 +330,28 @@ def measure_worker(cfg_container: dict, point_container: dict) -> dict:
     return in_process_group(_measure, cfg.distributed.backend, cfg, point)
 
 
+def skip_reason(point: DictConfig) -> Optional[str]:
+    """Why this machine cannot run `point` as intended (None: it can): a bf16 tower on a CPU
+    without bf16 instructions would time an emulation, and ctr refuses that job anyway."""
+    if point.dense_precision == "bf16" and not torch.cuda.is_available() and not cpu_runs_bf16_natively():
+        return f"dense_precision=bf16 skipped: {bf16_cpu_refusal()}"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="throughput")
 def main(point: DictConfig) -> float:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    reason = skip_reason(point)
+    if reason is not None:
+        # Written beside the other points, but not as throughput.json: the report has no figures to show.
+        write_json_atomic(out_dir / "skipped.json", {"point": OmegaConf.to_container(point), "reason": reason,
+                                                     "machine": machine()})
+        log.warning("%s: %s", " ".join(train_overrides(point)[:2]), reason)
+        return float("nan")
     cfg = hydra.compose(config_name="config", overrides=train_overrides(point))
     result = launch_workers(measure_worker, point.world_size, OmegaConf.to_container(cfg, resolve=True),
                             OmegaConf.to_container(point))[0]
-    out = Path(HydraConfig.get().runtime.output_dir) / "throughput.json"
+    out = out_dir / "throughput.json"
     write_json_atomic(out, result)
     log.info("%s: ctr %.0f samples/s, plain %.0f samples/s, ratio %.2f (per repetition %s); written to %s",
              " ".join(train_overrides(point)[:2]), result["ctr"]["samples_per_second"],

@@ -27,6 +27,7 @@ from ctr.features.hashing import FeatureHashing, build_hashing
 from ctr.features.tables import embedding_bag_configs, feature_dims, per_table_setting
 from ctr.models.task import ClickTask
 from ctr.parallel.comms import qcomm_codecs
+from ctr.parallel.hardware import check_dense_precision
 from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import TableGroups, TableOptimizer, apply_table_optimizers, combined_optimizer
 from ctr.parallel.plan_summary import plan_rows
@@ -148,6 +149,7 @@ class Trainable:
 
 def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
     """Data source, hashing, the model sharded by the planner's plan, and its optimizers."""
+    check_dense_precision(cfg.trainer.dense_precision, env.device)
     source = instantiate(cfg.data)
     hashing = build_input_hashing(cfg, source)
     task = build_task(cfg, source, torch.device("meta"), hashing)

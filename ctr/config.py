@@ -363,6 +363,7 @@ class TableShardingConfig:
     compute_kernel: Optional[ComputeKernel] = None
     ranks: Optional[List[int]] = None
     min_partition: Optional[int] = None
+    cache_load_factor: Optional[float] = None
 
 
 @dataclass
@@ -394,9 +395,14 @@ class ShardingConfig:
     `min_partition` is the narrowest column shard the column-wise types may cut
     (TorchRec's default, 128, leaves narrower tables whole). `proposers` empty keeps
     TorchRec's default search; each entry is a `_target_` node of a TorchRec proposer.
+    `compute_kernel` None lets the planner choose each table's kernel; `fused_uvm_caching`
+    keeps tables in host memory behind a GPU cache of `cache_load_factor` × their rows
+    (None: TorchRec's default, 0.2) and trains with TorchRec's prefetch pipeline (CUDA only).
     """
 
     sharding_type: Optional[TableShardingType] = TableShardingType.table_wise
+    compute_kernel: Optional[ComputeKernel] = None
+    cache_load_factor: Optional[float] = None
     memory_budget_gb: Optional[float] = None
     min_partition: Optional[int] = None
     topology: TopologyConfig = field(default_factory=TopologyConfig)

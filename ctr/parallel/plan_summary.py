@@ -5,7 +5,7 @@ the per-rank memory and perf figures are the planner's own estimates, which Torc
 planner only logs and `PlanEstimates` keeps.
 """
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -13,6 +13,8 @@ from torchrec.distributed.planner.types import Perf, Stats, Topology
 from torchrec.distributed.types import ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, data_type_to_dtype
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from ctr.parallel.comms import ALL_TO_ALL, REDUCE_SCATTER
 
 GIB = 1024**3
 # Above this many ranks the log shows the spread of the estimates, not one line per rank.
@@ -25,12 +27,14 @@ class PlanEstimates(Stats):
     `ranks[r]` holds the bytes the planner charged rank r in HBM and host memory (table
     shards, optimizer state, input/output buffers), the rank's capacity, and its estimate
     of one step's embedding work in ms (forward/backward compute and comms).
-    Empty until the planner has found a plan.
+    Empty until the planner has found a plan. `memory` is what the planner was told each
+    rank has (`ctr.parallel.planner.assumed_memory`), known before it plans.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, memory: Optional[dict] = None) -> None:
         self.ranks: List[dict] = []
         self.planner: Dict[str, object] = {}
+        self.memory = memory or {}
 
     def log(
         self,
@@ -134,28 +138,52 @@ def bytes_per_rank(rows: List[dict]) -> Dict[int, int]:
     return dict(sorted(total.items()))
 
 
-def pooled_comms_bytes(
-    rows: List[dict], batch_size: int, world_size: int, forward_bytes: int, backward_bytes: int
-) -> Dict[str, int]:
-    """Bytes all ranks together send per step for the tables' outputs, by the plan.
+def _values_sent(row: dict, columns: int, batch_size: int, world_size: int, local_world_size: int) -> Dict[str, int]:
+    """Values one shard of `columns` columns sends per step on each collective it uses."""
+    sharding_type = row["sharding_type"]
+    if sharding_type == "row_wise":  # partial sums of every rank's rows, all columns
+        return {REDUCE_SCATTER: (world_size - 1) * batch_size * columns}
+    if sharding_type == "table_row_wise":  # within the node, then its share across nodes
+        local = local_world_size
+        return {
+            REDUCE_SCATTER: (local - 1) * world_size * batch_size * columns // local,
+            ALL_TO_ALL: (world_size - 1) * batch_size * columns // local,
+        }
+    return {ALL_TO_ALL: (world_size - 1) * batch_size * columns}
 
-    Forward: each shard's pooled columns for the other ranks' `batch_size` rows, at
-    `forward_bytes` per value (the comms precision); backward: their gradients, at
-    `backward_bytes`; data-parallel tables instead all-reduce their whole gradient, as
-    wide as the table (a ring sends 2(W-1)/W of it per rank). Ids sent to the shards
-    are not counted.
+
+def pooled_comms_bytes(
+    rows: List[dict], batch_size: int, world_size: int, local_world_size: int, wire: Dict[str, Dict[str, int]]
+) -> Dict[str, object]:
+    """Bytes all ranks together send per step for the tables' outputs, by the plan, in total
+    and per sharding type.
+
+    Forward: each shard's pooled values for the other ranks' `batch_size` rows; backward:
+    their gradients. Column and table shards all-to-all their columns; row shards
+    reduce-scatter partial sums of all columns (table-row-wise: within the node, then an
+    all-to-all of the node's share across nodes). `wire` gives the bytes per value each
+    collective really sends (`ctr.parallel.comms.wire_bytes`: TorchRec may send another
+    precision than configured). Data-parallel tables instead all-reduce their whole
+    gradient in fp32 (a ring sends 2(W-1)/W of it per rank). Ids are not counted.
     """
-    forward = backward = 0
+    by_type: Dict[str, Dict[str, int]] = {}
     for row in rows:
-        num_rows, _ = row["shape"]
+        num_rows, dim = row["shape"]
+        sent = by_type.setdefault(row["sharding_type"], {"forward": 0, "backward": 0})
         for size in row["bytes_per_rank"].values():
             if row["sharding_type"] == "data_parallel":
-                backward += 2 * (world_size - 1) * size // world_size
+                sent["backward"] += 2 * (world_size - 1) * size // world_size
                 continue
-            columns = size // (num_rows * row["element_bytes"])
-            forward += (world_size - 1) * batch_size * columns * forward_bytes
-            backward += (world_size - 1) * batch_size * columns * backward_bytes
-    return {"forward": forward, "backward": backward}
+            row_wise = row["sharding_type"] in ("row_wise", "table_row_wise")
+            columns = dim if row_wise else size // (num_rows * row["element_bytes"])
+            for op, values in _values_sent(row, columns, batch_size, world_size, local_world_size).items():
+                for direction in ("forward", "backward"):
+                    sent[direction] += values * wire[op][direction]
+    return {
+        "forward": sum(t["forward"] for t in by_type.values()),
+        "backward": sum(t["backward"] for t in by_type.values()),
+        "by_sharding_type": by_type,
+    }
 
 
 def _bytes(n: float) -> str:
@@ -209,9 +237,26 @@ def format_estimates(estimates: PlanEstimates) -> str:
         + ("" if shown is ranks else "; least, median and most memory shown")
         + f"), embedding step of the slowest rank {estimates.planner['slowest_rank_perf_ms']:.3f} ms:"
     )
-    return "\n".join([head, *map(line, shown)])
+    return "\n".join([head, *map(line, shown), *_memory_lines(estimates.memory)])
+
+
+def _memory_lines(memory: dict) -> List[str]:
+    """Where the capacities came from: read from this machine, TorchRec's defaults, or the budget."""
+    if not memory:
+        return []
+    budget = memory["memory_budget"]
+    lines = [
+        f"capacity per rank: hbm {_bytes(memory['hbm_bytes'])} ({memory['hbm_source']}), "
+        f"ddr {_bytes(memory['host_bytes'])} ({memory['host_source']})"
+    ]
+    if budget is not None:
+        lines.append(f"  {budget['caps']} capped by {budget['key']}={budget['gb']:g}")
+    return lines
 
 
 def plan_report(plan: ShardingPlan, rows: List[dict], estimates: PlanEstimates) -> dict:
     """The JSON written beside a run: table rows, the planner's estimates, TorchRec's plan."""
-    return {"tables": rows, "ranks": estimates.ranks, "planner": estimates.planner, "plan": str(plan)}
+    return {
+        "tables": rows, "ranks": estimates.ranks, "planner": estimates.planner,
+        "memory_assumed": estimates.memory, "plan": str(plan),
+    }

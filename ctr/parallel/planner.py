@@ -27,15 +27,19 @@ from torchrec.distributed.planner.types import (
     TopologyFactory,
     TrainerConfig,
 )
-from torchrec.distributed.types import ModuleSharder, QuantizedCommCodecs, ShardingPlan
+from torchrec.distributed.types import CacheParams, ModuleSharder, QuantizedCommCodecs, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from ctr.config import ComputeKernel, TableShardingConfig, TableShardingType
+from ctr.parallel.comms import warn_substituted_precisions
+from ctr.parallel.hardware import GIB, MemoryFacts, memory_facts
 from ctr.parallel.plan_summary import PlanEstimates, embedding_tables
 from ctr.parallel.process_group import DistributedEnv
 
 # Row-wise variants need a reduce-scatter that gloo cannot give TorchRec.
 CPU_SHARDING_TYPES = ("table_wise", "column_wise", "table_column_wise", "data_parallel")
+# Kernels that keep table rows in host memory the GPU reads directly (UVM): CUDA only.
+UVM_KERNELS = ("fused_uvm", "fused_uvm_caching")
 # Types whose shards an override may pin to ranks: one shard (table-wise) or one per column block.
 PINNABLE_TYPES = ("table_wise", "column_wise", "table_column_wise")
 
@@ -124,20 +128,55 @@ def sharding_constraints(
             check_sharding_type(f"{key}.sharding_type", sharding_type, device_type)
         types = [str(sharding_type)] if sharding_type else device_sharding_types(device_type)
         kernels = sorted({k for t in types for k in sharder.compute_kernels(t, device_type) if k in list(ComputeKernel)})
-        if override.compute_kernel is not None:
-            if override.compute_kernel not in kernels:
-                raise ValueError(
-                    f"{key}.compute_kernel={override.compute_kernel!r}: {types} on {device_type} runs only {kernels}"
-                )
-            kernels = [str(override.compute_kernel)]
+        kernel_key = f"{key}.compute_kernel" if override.compute_kernel else "sharding.compute_kernel"
+        kernel = override.compute_kernel or sharding.get("compute_kernel")
+        if kernel is not None:
+            _check_kernel(kernel_key, kernel, kernels, types, device_type)
+            kernels = [str(kernel)]
         min_partition = override.min_partition or sharding.get("min_partition")
         if override.ranks is not None:
             _check_ranks(key, table, sharding_type, list(override.ranks), world_size)
             min_partition = table.embedding_dim // len(override.ranks)
         constraints[name] = ParameterConstraints(
-            sharding_types=types, compute_kernels=kernels, min_partition=min_partition
+            sharding_types=types, compute_kernels=kernels, min_partition=min_partition,
+            cache_params=_cache_params(key, override, sharding, kernels, device_type),
         )
     return constraints
+
+
+def _check_kernel(key: str, kernel: str, kernels: List[str], types: List[str], device_type: str) -> None:
+    if kernel in UVM_KERNELS and device_type != "cuda":
+        raise ValueError(
+            f"{key}={kernel!r} needs CUDA: UVM keeps the table in host memory that the GPU reads directly "
+            f"(FBGEMM has no CPU kernel for it); on {device_type} use one of {kernels}"
+        )
+    if kernel not in kernels:
+        raise ValueError(f"{key}={kernel!r}: {types} on {device_type} runs only {kernels}")
+
+
+def _cache_params(
+    key: str, override: TableShardingConfig, sharding: Mapping, kernels: List[str], device_type: str
+) -> Optional[CacheParams]:
+    """The UVM cache of a table the planner may give `fused_uvm_caching`: its size as a
+    fraction of the table's rows (`cache_load_factor`, per table or for all), and the
+    prefetch pipeline that `ctr.train.loop` runs for such tables on CUDA."""
+    load_factor, source = override.cache_load_factor, f"{key}.cache_load_factor"
+    if load_factor is None:
+        load_factor, source = sharding.get("cache_load_factor"), "sharding.cache_load_factor"
+    if load_factor is not None and not 0 < load_factor <= 1:
+        raise ValueError(f"{source}={load_factor}: expected a fraction of the table's rows in (0, 1]")
+    if "fused_uvm_caching" not in kernels:
+        return None
+    return CacheParams(load_factor=load_factor, prefetch_pipeline=device_type == "cuda")
+
+
+def uses_uvm_caching(plan: ShardingPlan) -> bool:
+    """Whether any table of `plan` runs from a UVM cache (which the prefetch pipeline fills ahead)."""
+    return any(
+        sharding.compute_kernel == "fused_uvm_caching"
+        for module_plan in plan.plan.values()
+        for sharding in module_plan.values()
+    )
 
 
 def pin_ranks(pinned: Mapping[str, List[int]]):
@@ -161,18 +200,27 @@ def pin_ranks(pinned: Mapping[str, List[int]]):
 
 
 def topology(
-    world_size: int, local_world_size: int, device_type: str, memory_budget_gb: Optional[float] = None
+    world_size: int, local_world_size: int, device_type: str, memory: MemoryFacts,
+    memory_budget_gb: Optional[float] = None,
 ) -> Topology:
-    """The planner's view of the cluster; the budget caps HBM on GPUs, host memory on CPU."""
-    budget = None if memory_budget_gb is None else int(memory_budget_gb * 1024**3)
+    """The planner's view of the cluster: HBM and host memory per rank from `memory`; the
+    budget, when set, caps HBM on GPUs and host memory on CPU instead."""
+    caps = {"hbm_cap_bytes": memory.hbm_bytes, "ddr_cap_bytes": memory.host_bytes}
+    if memory_budget_gb is not None:
+        caps["hbm_cap_bytes" if device_type == "cuda" else "ddr_cap_bytes"] = int(memory_budget_gb * GIB)
     return TopologyFactory.create_topology(
-        TrainerConfig(
-            world_size=world_size,
-            local_world_size=local_world_size,
-            **({"hbm_cap_bytes": budget} if device_type == "cuda" else {"ddr_cap_bytes": budget}),
-        ),
+        TrainerConfig(world_size=world_size, local_world_size=local_world_size, **caps),
         kernel_config=KernelConfig(compute_device=device_type),
     )
+
+
+def assumed_memory(memory: MemoryFacts, device_type: str, memory_budget_gb: Optional[float]) -> dict:
+    """What the planner was told about memory, for plan.json: the facts read, and the budget that overrode one."""
+    budget = None if memory_budget_gb is None else {
+        "key": "sharding.memory_budget_gb", "gb": memory_budget_gb,
+        "caps": "hbm" if device_type == "cuda" else "host",
+    }
+    return {**memory.as_dict(), "memory_budget": budget}
 
 
 def build_planner(
@@ -182,15 +230,18 @@ def build_planner(
     world_size: int,
     local_world_size: int,
     device_type: str,
+    memory: MemoryFacts,
 ) -> Tuple[EmbeddingShardingPlanner, PlanEstimates]:
-    """TorchRec's planner for `module` per the `sharding` config, on the given cluster,
-    and the `PlanEstimates` it fills when it plans (its per-rank memory and perf estimates)."""
+    """TorchRec's planner for `module` per the `sharding` config, on the given cluster with
+    `memory` per rank, and the `PlanEstimates` it fills when it plans (its per-rank memory
+    and perf estimates, and the memory it assumed)."""
     overrides = table_overrides(sharding, {table.name: table for table in embedding_tables(module)})
     pinned = {name: list(o.ranks) for name, o in overrides.items() if o.ranks is not None}
-    estimates = PlanEstimates()
+    budget = sharding.get("memory_budget_gb")
+    estimates = PlanEstimates(assumed_memory(memory, device_type, budget))
     proposers = [instantiate(p) for p in sharding.get("proposers") or []]
     planner = EmbeddingShardingPlanner(
-        topology=topology(world_size, local_world_size, device_type, sharding.get("memory_budget_gb")),
+        topology=topology(world_size, local_world_size, device_type, memory, budget),
         batch_size=batch_size,
         constraints=sharding_constraints(module, sharding, device_type, world_size),
         storage_reservation=instantiate(sharding["storage_reservation"]),
@@ -221,10 +272,16 @@ def plan_sharding(
 ) -> Tuple[ShardingPlan, PlanEstimates]:
     """Plans on rank 0 and shares the plan, so every rank shards identically.
 
-    The estimates are filled on rank 0 only (where the planner ran).
+    The estimates are filled on rank 0 only (where the planner ran). Memory is this
+    machine's (`ctr.parallel.hardware`); rank 0 warns of comms precisions TorchRec
+    replaces for some of the plan's tables.
     """
     _check_topology(sharding, env)
+    memory = memory_facts(env.device.type, env.local_world_size)
     planner, estimates = build_planner(
-        module, sharding, batch_size, env.world_size, env.local_world_size, env.device.type
+        module, sharding, batch_size, env.world_size, env.local_world_size, env.device.type, memory
     )
-    return planner.collective_plan(module, sharders(qcomm_codecs_registry), pg=dist.GroupMember.WORLD), estimates
+    plan = planner.collective_plan(module, sharders(qcomm_codecs_registry), pg=dist.GroupMember.WORLD)
+    if env.is_main:
+        warn_substituted_precisions(plan, qcomm_codecs_registry)
+    return plan, estimates

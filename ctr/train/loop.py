@@ -8,9 +8,10 @@ from typing import Callable, Iterable, List, Optional
 import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.train_pipeline import PrefetchTrainPipelineSparseDist, TrainPipelineSparseDist
 from tqdm import tqdm
 
+from ctr.parallel.planner import uses_uvm_caching
 from ctr.parallel.process_group import DistributedEnv
 from ctr.train.scalars import Scalars, learning_rates, peak_memory_per_rank
 
@@ -96,7 +97,9 @@ def train(
     """
     hooks = hooks or Hooks()
     model.train()
-    pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
+    # UVM-cached tables need their rows fetched into the cache ahead of the lookup (CUDA only).
+    prefetch = env.device.type == "cuda" and uses_uvm_caching(model.plan)
+    pipeline = (PrefetchTrainPipelineSparseDist if prefetch else TrainPipelineSparseDist)(model, optimizer, env.device)
     total = min(num_steps, max_steps) if max_steps is not None else num_steps
     bar = tqdm(
         total=total, initial=start_step, disable=not (env.is_main and progress_bar), unit="step", dynamic_ncols=True

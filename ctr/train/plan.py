@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torchrec.distributed.planner.types import PlannerError, PlannerErrorType
 
 from ctr.build import build_task, mark_table_optimizers
+from ctr.parallel.hardware import memory_facts
 from ctr.parallel.plan_summary import (
     GIB, element_size, embedding_tables, format_estimates, format_plan, plan_report, plan_rows,
 )
@@ -59,7 +60,12 @@ def plan_job(cfg: DictConfig) -> JobPlan:
         f"model: {len(tables)} tables, {sum(t.num_embeddings for t in tables):,} rows, "
         f"{weights / GIB:.1f} GiB of weights (before optimizer state)"
     )
-    planner, estimates = build_planner(task, cfg.sharding, cfg.trainer.batch_size, world_size, local_world_size, device)
+    # This machine's memory where it is the cluster planned for; TorchRec's defaults elsewhere.
+    on_this_machine = cfg.sharding.topology.world_size in (None, cfg.distributed.nproc_per_node)
+    memory = memory_facts(device, local_world_size, on_this_machine)
+    planner, estimates = build_planner(
+        task, cfg.sharding, cfg.trainer.batch_size, world_size, local_world_size, device, memory
+    )
     try:
         plan = planner.plan(task, sharders())
     except PlannerError as error:

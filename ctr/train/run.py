@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ctr.atomic import write_json_atomic
 from ctr.build import Trainable, build_trainable, seed_everything
 from ctr.data.reader import batches, num_steps, prefetch
-from ctr.parallel.comms import WIRE_BYTES
+from ctr.parallel.comms import wire_bytes
 from ctr.parallel.optimizers import fused_state_bytes
 from ctr.parallel.plan_summary import bytes_per_rank, format_estimates, format_plan, plan_report, pooled_comms_bytes
 from ctr.parallel.process_group import DistributedEnv, in_process_group
@@ -140,8 +140,7 @@ def _report(
         "optimizer_state_bytes": sum(state_bytes),
         "optimizer_state_bytes_per_rank": dict(enumerate(state_bytes)),
         "comms_bytes_per_step": pooled_comms_bytes(
-            rows, trainer.batch_size, env.world_size,
-            WIRE_BYTES[cfg.comms.forward_precision], WIRE_BYTES[cfg.comms.backward_precision],
+            rows, trainer.batch_size, env.world_size, env.local_world_size, wire_bytes(cfg.comms, env.device)
         ),
         "train_steps": result.steps,
         "resumed_from_step": fitted.start_step,

@@ -40,3 +40,17 @@ def test_plain_twin_has_ctrs_dense_tower_and_one_table_per_feature(model):
     dense = torch.randn(3, len(source.dense_names))
     ids = [(torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2, 3]))] * len(source.sparse_names)
     assert plain(dense, ids).shape == (3,)
+
+
+def test_on_cpu_the_baselines_batches_are_the_readers_tensors_uncopied():
+    """CPU behaviour is unchanged by the GPU path (pinned host batches, asynchronous copies)."""
+    from plain_baseline import host_batch, to_device
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    sparse = KeyedJaggedTensor.from_lengths_sync(["a", "b"], torch.tensor([1, 2, 3, 4]), torch.tensor([1, 1, 1, 1]))
+    batch = Batch(torch.randn(2, 3), sparse, torch.tensor([0.0, 1.0]))
+    cpu = torch.device("cpu")
+    dense, ids, labels = to_device(host_batch(batch, ["b", "a"], cpu), cpu)
+    assert dense is batch.dense_features and labels is batch.labels
+    assert [v.tolist() for v, _ in ids] == [[3, 4], [1, 2]] and not dense.is_pinned()

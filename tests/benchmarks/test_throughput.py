@@ -3,11 +3,15 @@ run (samples/s recomputed from the recorded step times), and its ratios come fro
 
 import json
 import math
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from ctr.parallel import hardware
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -65,6 +69,8 @@ def test_figures_are_measured_and_ratios_computed_from_them(results):
         assert 0 < emb["unique_rows"] <= emb["ids"] and emb["read"] == emb["ids"] * 8 * 4
         assert r["breakdown_seconds_per_step"]["dense_forward"] > 0
         assert r["machine"]["allocator"] != "glibc default"  # the benchmark set its allocator
+        assert r["machine"]["cpu_runs_bf16_natively"] == ("avx512_bf16" in r["machine"]["cpu_flags"]
+                                                           or "amx_bf16" in r["machine"]["cpu_flags"])
     assert {r["threads_per_rank"] for r in results if r["world_size"] == 2} == {1}
 
 
@@ -84,3 +90,15 @@ def test_report_renders_table_and_plots_from_the_json(results, tmp_path):
     # rendering again from the stored JSON replaces the section, not appends
     report([], tmp_path / "store.json", results_md, tmp_path)
     assert results_md.read_text() == page
+
+
+def test_a_bf16_point_is_skipped_with_its_reason_on_a_cpu_without_bf16(tmp_path, monkeypatch):
+    """The benchmark's own entry point, in this process on an AVX2-only CPU (its flags faked)."""
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: ["avx2", "fma"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "dense_precision=bf16", f"hydra.run.dir={tmp_path}",
+                                      "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    runpy.run_path(str(REPO / "benchmarks" / "throughput.py"), run_name="__main__")
+    skipped = json.loads((tmp_path / "skipped.json").read_text())
+    assert skipped["point"]["dense_precision"] == "bf16" and "bf16 instructions" in skipped["reason"]
+    assert skipped["machine"]["cpu_flags"] == ["avx2", "fma"] and not (tmp_path / "throughput.json").exists()

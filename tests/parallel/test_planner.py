@@ -14,8 +14,9 @@ from hydra import initialize_config_dir
 from hydra.utils import instantiate
 
 from ctr.build import build_task, mark_table_optimizers
+from ctr.parallel.hardware import GIB, MemoryFacts
 from ctr.parallel.plan_summary import format_estimates, format_plan, plan_report, plan_rows
-from ctr.parallel.planner import CPU_SHARDING_TYPES, build_planner, plan_sharding, sharders
+from ctr.parallel.planner import CPU_SHARDING_TYPES, build_planner, plan_sharding, sharders, uses_uvm_caching
 from ctr.parallel.process_group import DistributedEnv
 from ctr.train.plan import plan_job
 from ctr.config import register_configs
@@ -23,14 +24,17 @@ from tests.hydra_config import CONFIGS, TINY, compose
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_PAIR = DistributedEnv(0, 2, 0, 2, torch.device("cpu"), "gloo")
+# An H200-sized rank on a 2 TiB host of 8 ranks, as `memory_facts` would read it there.
+H200 = MemoryFacts(141 * GIB, 256 * GIB, "NVIDIA H200: total memory", "this host's memory / 8 local ranks", 140 * GIB)
 
 
-def _plan(*overrides: str, world_size: int = 2, device: str = "cpu"):
-    """Plans the TINY model in this process, as rank 0 of `world_size` would."""
+def _plan(*overrides: str, world_size: int = 2, device: str = "cpu", memory: MemoryFacts = H200):
+    """Plans the TINY model in this process, as rank 0 of `world_size` would, with `memory` per rank."""
     cfg = compose(*TINY, *overrides)
     task = build_task(cfg, instantiate(cfg.data), torch.device("meta"))
     mark_table_optimizers(task, cfg.optimizer, torch.device(device))
-    planner, estimates = build_planner(task, cfg.sharding, cfg.trainer.batch_size, world_size, world_size, device)
+    planner, estimates = build_planner(task, cfg.sharding, cfg.trainer.batch_size, world_size, world_size, device,
+                                       memory)
     plan = planner.plan(task, sharders())
     return plan, plan_rows(plan, task), estimates
 
@@ -98,6 +102,8 @@ def test_a_kernel_override_is_planned():
         (["+sharding.tables.t_cat_0.compute_kernel=key_value"], "expected one of [dense, fused, fused_uvm, "),
         (["+sharding.tables.t_cat_0.rank=1"], "sharding.tables.t_cat_0.rank: not a table override"),
         (["sharding.topology.world_size=64"], "sharding.topology.world_size=64 but this job has 2"),
+        (["sharding=uvm_caching"], "sharding.compute_kernel='fused_uvm_caching' needs CUDA"),
+        (["+sharding.tables.t_cat_1.cache_load_factor=0"], "sharding.tables.t_cat_1.cache_load_factor=0: expected a fraction"),
     ],
 )
 def test_a_bad_sharding_option_fails_at_start_up_naming_its_key(overrides, expected):
@@ -167,7 +173,7 @@ def test_a_shared_table_appears_once_in_the_plan(model):
     cfg = compose(*(o for o in TINY if not o.startswith("model.")), *model)
     task = build_task(cfg, source, torch.device("meta"))
     mark_table_optimizers(task, cfg.optimizer, torch.device("cpu"))
-    planner, _ = build_planner(task, cfg.sharding, cfg.trainer.batch_size, 2, 2, "cpu")
+    planner, _ = build_planner(task, cfg.sharding, cfg.trainer.batch_size, 2, 2, "cpu", H200)
     tables = [row["table"] for row in plan_rows(planner.plan(task, sharders()), task)]
     expected = ["t_movie", "t_genre"]
     if "model=wide_deep" in model:
@@ -175,3 +181,46 @@ def test_a_shared_table_appears_once_in_the_plan(model):
     assert sorted(tables) == sorted(expected)
     genre = next(t for t in task.model.embeddings.collection.embedding_bag_configs() if t.name == "t_genre")
     assert genre.feature_names == ["movieGenres", "userGenres"]
+
+
+def test_the_planner_plans_for_the_memory_the_device_has_and_records_it():
+    """Not TorchRec's assumed 32 GiB: an H200's 141 GiB, less the storage reservation."""
+    plan, rows, estimates = _plan("sharding=auto", device="cuda")
+    report = json.loads(json.dumps(plan_report(plan, rows, estimates)))
+    assumed = report["memory_assumed"]
+    assert (assumed["hbm_bytes"], assumed["host_bytes"]) == (141 * GIB, 256 * GIB)
+    assert "H200" in assumed["hbm_source"] and assumed["memory_budget"] is None
+    for rank in report["ranks"]:
+        assert 100 * GIB < rank["hbm_capacity_bytes"] <= 141 * GIB
+        assert 200 * GIB < rank["ddr_capacity_bytes"] <= 256 * GIB
+    assert "hbm 141.00GiB (NVIDIA H200: total memory)" in format_estimates(estimates)
+
+
+def test_a_memory_budget_caps_the_devices_memory_and_says_so():
+    plan, rows, estimates = _plan("sharding=auto", "sharding.memory_budget_gb=8", device="cuda")
+    report = plan_report(plan, rows, estimates)
+    assert report["memory_assumed"]["memory_budget"] == {"key": "sharding.memory_budget_gb", "gb": 8, "caps": "hbm"}
+    assert all(rank["hbm_capacity_bytes"] <= 8 * GIB for rank in report["ranks"])
+    assert "hbm capped by sharding.memory_budget_gb=8" in format_estimates(estimates)
+
+
+def test_uvm_caching_plans_cached_tables_with_their_load_factor_and_the_prefetch_pipeline():
+    plan, rows, estimates = _plan(
+        "sharding=uvm_caching", "sharding.cache_load_factor=0.1", "+sharding.tables.t_cat_0.cache_load_factor=0.5",
+        device="cuda",
+    )
+    assert set(_by_table(rows, "compute_kernel").values()) == {"fused_uvm_caching"}
+    shardings = {name: s for module_plan in plan.plan.values() for name, s in module_plan.items()}
+    assert shardings["t_cat_0"].cache_params.load_factor == 0.5
+    assert {shardings[f"t_cat_{i}"].cache_params.load_factor for i in range(1, 6)} == {0.1}
+    assert all(s.cache_params.prefetch_pipeline for s in shardings.values())
+    assert uses_uvm_caching(plan)
+    # The tables live in host memory; the cache in HBM: the memory report shows both per rank.
+    assert all(rank["ddr_bytes"] > 0 and rank["hbm_bytes"] > 0 for rank in estimates.ranks)
+    assert "ddr" in format_estimates(estimates) and "hbm" in format_estimates(estimates)
+
+
+def test_a_plan_without_uvm_caching_keeps_the_plain_pipeline():
+    # The kernel is fixed: left free on CUDA, TorchRec's planner may itself pick UVM caching.
+    plan, rows, _ = _plan("sharding=table_wise", "sharding.compute_kernel=fused", device="cuda")
+    assert set(_by_table(rows, "compute_kernel").values()) == {"fused"} and not uses_uvm_caching(plan)
