@@ -74,7 +74,7 @@ def _as_batch(step: Dict[str, torch.Tensor]) -> Batch:
 
 def _train_wide(cfg_dict: dict, out_path: str) -> None:
     cfg = OmegaConf.create(cfg_dict)
-    env = init_distributed("auto")
+    env = init_distributed("gloo")
     try:
         task = ClickTask(WideOnly())
         apply_table_optimizers(task, cfg.optimizer, env.device)
@@ -83,7 +83,7 @@ def _train_wide(cfg_dict: dict, out_path: str) -> None:
         opt = cfg.optimizer
         optimizer = combined_optimizer(model, opt.sparse, opt.sparse_lr, opt.sparse_eps, opt.dense_lr, wide_optimizer(opt))
         result = train(model, optimizer, (_as_batch(b) for b in _batches()), env, STEPS, 10**9, progress_bar=False)
-        torch.save({"losses": result.losses, "state": full_state_dict(model)}, out_path)
+        torch.save({"losses": result.losses, "state": full_state_dict(model, env.device)}, out_path)
     finally:
         shutdown()
 
