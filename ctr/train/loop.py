@@ -48,10 +48,11 @@ class Hooks:
     on_checkpoint: Optional[Callable[[int], None]] = None
 
 
-def _global_mean(value: float) -> float:
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.item() / dist.get_world_size()
+def _global_mean(losses: torch.Tensor) -> float:
+    """The mean of `losses` over every rank; they stay on the rank's device, as NCCL requires."""
+    total = losses.sum(dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.item() / (losses.numel() * dist.get_world_size())
 
 
 def is_due(step: int, every: Optional[int]) -> bool:
@@ -88,28 +89,32 @@ def train(
     iterator = iter(batches)
     start = window_start = step_start = time.perf_counter()
     window_samples = 0
+    # Step losses stay on the device until a log step: reading each one would wait for its step.
+    window_losses: List[torch.Tensor] = []
     while result.steps < total:
         try:
             loss, _, labels = pipeline.progress(iterator)
         except StopIteration:
             break
         result.steps += 1
-        if not result.losses:
+        if result.steps == start_step + 1:
             result.first_step_finished_at = time.time()
         if scheduler is not None:
             scheduler.step()
         samples = labels.numel() * env.world_size
         result.samples += samples
         window_samples += samples
-        result.losses.append(loss.item())
+        window_losses.append(loss.detach())
         result.step_seconds.append(time.perf_counter() - step_start)
         bar.update(1)
         step = result.steps
         if step % log_every_steps == 0 or step == total:
             now = time.perf_counter()
             rate = window_samples / (now - window_start)
-            recent = result.losses[-log_every_steps:]
-            mean_loss = _global_mean(sum(recent) / len(recent))
+            recent = torch.stack(window_losses)
+            window_losses.clear()
+            mean_loss = _global_mean(recent)
+            result.losses.extend(recent.tolist())
             memory = peak_memory_per_rank(env.device)
             bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
             if env.is_main:
@@ -132,6 +137,8 @@ def train(
             hooks.on_checkpoint(step)
         step_start = time.perf_counter()
     result.seconds = time.perf_counter() - start
+    if window_losses:  # steps after the last log step
+        result.losses.extend(torch.stack(window_losses).tolist())
     bar.close()
     pipeline.detach()  # restores the model's own forward, for evaluation
     return result
