@@ -323,7 +323,9 @@ class TrainerConfig:
     Validation runs every `eval_every_steps` (and at the end); `best_metric` picks the
     best checkpoint and drives early stopping after `early_stopping_patience` evaluations
     without improvement (null: never stop early). `dense_precision` bf16 runs the dense
-    tower under autocast (fp32 master weights; tables keep `embedding.precision`).
+    tower under autocast (fp32 master weights; tables keep `embedding.precision`). `auc`:
+    exact (every prediction kept and gathered) or binned (a histogram of `auc_bins` bins per
+    class: fixed memory, for large splits).
     """
 
     batch_size: int = 2048
@@ -337,6 +339,8 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     tensorboard: bool = True
     dense_precision: str = "fp32"
+    auc: str = "exact"
+    auc_bins: int = 65536
 
 
 @dataclass

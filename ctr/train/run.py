@@ -40,6 +40,7 @@ from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
 from ctr.train.loop import Hooks, is_due, train
+from ctr.train.metrics import auc_bins_setting
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
 from ctr.train.schedule import build_scheduler
 from ctr.train.validation import Validation
@@ -163,8 +164,10 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
 
     scalars = Scalars(run_dir / "tensorboard", enabled=env.is_main and trainer.tensorboard)
 
+    auc_bins = auc_bins_setting(trainer.auc, trainer.auc_bins)
+
     def evaluate_split(split: str) -> Dict[str, float]:
-        return evaluate(model, source, split, hashing, env, trainer.eval_batch_size)
+        return evaluate(model, source, split, hashing, env, trainer.eval_batch_size, auc_bins)
 
     def save_best(step: int, metrics: Dict[str, float]) -> None:
         checkpointer.save(step, model, optimizer, scheduler, name=BEST, info={"metric": trainer.best_metric, "value": metrics[trainer.best_metric]})
