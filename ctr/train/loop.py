@@ -104,7 +104,7 @@ def train(
         samples = labels.numel() * env.world_size
         result.samples += samples
         window_samples += samples
-        window_losses.append(loss.detach())
+        window_losses.append(loss)  # ClickTask returns it detached
         result.step_seconds.append(time.perf_counter() - step_start)
         bar.update(1)
         step = result.steps
