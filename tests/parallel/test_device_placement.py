@@ -44,8 +44,9 @@ def _job(env, cfg_dict: dict, run_dir: str, out_dir: str) -> None:
         torch.cuda.device_count() < 2, reason="NCCL runs one rank per GPU: this 2-rank case needs 2 GPUs")),
 ])
 def test_collectives_get_tensors_on_the_rank_device(tmp_path, backend):
+    # The binned AUC: its states are made by ctr (the exact AUC's are the model's predictions).
     cfg = compose(*TINY, "trainer.log_every_steps=3", "trainer.eval_every_steps=5", "checkpoint.every_steps=5",
-                  "trainer.tensorboard=false", f"distributed.backend={backend}")
+                  "trainer.tensorboard=false", "trainer.auc=binned", f"distributed.backend={backend}")
     (tmp_path / "run").mkdir()
     run_ranks(in_process_group, 2, _job, backend, OmegaConf.to_container(cfg, resolve=True),
               str(tmp_path / "run"), str(tmp_path))
