@@ -26,7 +26,8 @@ class TrainResult:
     seconds: float = 0.0
     first_step_finished_at: float = 0.0  # time.time() when this run's first step was done
     losses: List[float] = field(default_factory=list)
-    step_seconds: List[float] = field(default_factory=list)  # wall time of each step, hooks excluded
+    # host wall time of each step, hooks excluded; on CUDA the step may still run on the device
+    step_seconds: List[float] = field(default_factory=list)
     stopped_early: bool = False
 
     @property

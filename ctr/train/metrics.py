@@ -1,9 +1,7 @@
 """Click-model quality over a whole split, synced across ranks by torchmetrics."""
 
 import math
-from typing import Dict
-
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +19,8 @@ class BinnedAUROC(Metric):
     on every rank, every prediction).
 
     A positive and a negative in the same bin count as half a correctly ordered pair, so the
-    result is within `half_bin_pairs / (positives * negatives)` of the exact AUC (`error_bound`).
+    result is within half the share of same-bin (positive, negative) pairs of the exact AUC
+    (`error_bound`).
 
     >>> auc = BinnedAUROC(bins=4)
     >>> auc.update(torch.tensor([0.1, 0.4, 0.6, 0.9]), torch.tensor([0, 0, 1, 1]))
