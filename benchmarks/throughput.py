@@ -158,7 +158,7 @@ def embedding_bytes_per_step(built: Trainable, step_batches: Sequence, cfg: Dict
         for jagged in batch.sparse_features.to_dict().values():
             ids += jagged.values().numel()
             unique += torch.unique(jagged.values()).numel()
-    totals = torch.tensor([ids, unique], dtype=torch.float64)
+    totals = torch.tensor([ids, unique], dtype=torch.float64, device=env.device)
     dist.all_reduce(totals)
     ids, unique = (totals / len(step_batches)).tolist()
     return {"ids": ids, "unique_rows": unique, "read": ids * row, "written": unique * (row + state),

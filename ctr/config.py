@@ -86,6 +86,13 @@ class ComputeKernel(Choice):
     fused_uvm_caching = auto()
 
 
+class AucKind(Choice):
+    """`trainer.auc`: every prediction kept and gathered (exact), or a fixed-size histogram per class (binned)."""
+
+    exact = auto()
+    binned = auto()
+
+
 class Decay(Choice):
     """`optimizer.*_schedule.decay`: the learning rate's course after warm-up."""
 
@@ -454,7 +461,9 @@ class TrainerConfig:
     Validation runs every `eval_every_steps` (and at the end); `best_metric` picks the
     best checkpoint and drives early stopping after `early_stopping_patience` evaluations
     without improvement (null: never stop early). `dense_precision` bf16 runs the dense
-    tower under autocast (fp32 master weights; tables keep `embedding.precision`).
+    tower under autocast (fp32 master weights; tables keep `embedding.precision`). `auc`:
+    exact (every prediction kept and gathered) or binned (a histogram of `auc_bins` bins per
+    class: fixed memory, for large splits).
     """
 
     batch_size: int = 2048  # per rank
@@ -468,6 +477,8 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     tensorboard: bool = True  # scalars in <run dir>/tensorboard
     dense_precision: DensePrecision = DensePrecision.fp32
+    auc: AucKind = AucKind.exact
+    auc_bins: int = 65536
 
 
 @dataclass

@@ -21,8 +21,13 @@ TINY_MODEL = [
     "trainer.progress_bar=false",
 ]
 
+# Test jobs run on the CPU with gloo, also on a GPU host: `auto` would pick NCCL there, one
+# GPU per rank, and a 2-rank job on a 1-GPU host would fail with "invalid device ordinal".
+ON_CPU = ["distributed.backend=gloo"]
+
 # ... and a synthetic data set to match.
 TINY = [
+    *ON_CPU,
     "data.num_dense=4",
     "data.num_sparse=6",
     "data.vocab_min=5",

@@ -1,4 +1,8 @@
-"""Runs a function on N local ranks (gloo, CPU), the way torchrun would, for tests."""
+"""Runs a function on N local ranks, the way torchrun would, for tests.
+
+The function joins the process group with a backend it names: gloo for the CPU tests (not
+`auto`, which on a GPU host would give each rank cuda:<rank>, a GPU a 1-GPU host lacks).
+"""
 
 import os
 import sys

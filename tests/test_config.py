@@ -117,6 +117,7 @@ def test_an_unknown_hashing_fails_listing_the_options():
         ("config", "optimizer.wide.name=ftrl", "optimizer.wide.name", "sgd, adagrad, rowwise_adagrad, adam"),
         ("config", "optimizer.dense_schedule.decay=step", "optimizer.dense_schedule.decay", "none, linear, cosine"),
         ("config", "trainer.dense_precision=fp8", "trainer.dense_precision", "fp32, bf16"),
+        ("config", "trainer.auc=roc", "trainer.auc", "exact, binned"),
         ("config", "trainer.best_metric=ndcg", "trainer.best_metric", "auc, accuracy, log_loss, normalized_entropy"),
         ("config", "distributed.backend=mpi", "distributed.backend", "auto, gloo, nccl"),
         ("throughput", "table_precision=int8", "table_precision", "fp32, fp16"),

@@ -140,5 +140,7 @@ class CrossedHashing(FeatureHashing):
             keys=[cross.key for cross in self.crosses],
             values=torch.cat([rows for rows, _ in crossed]),
             lengths=torch.cat([lengths for _, lengths in crossed]).int(),
+            stride=features.stride(),
+            length_per_key=[len(rows) for rows, _ in crossed],  # known here, on the host: no read-back later
         )
         return KeyedJaggedTensor.concat([self.hashing.hash_features(features), appended])

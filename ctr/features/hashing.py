@@ -48,7 +48,14 @@ def per_value(features: KeyedJaggedTensor, per_key: Sequence[int]) -> torch.Tens
 
 
 def with_values(features: KeyedJaggedTensor, values: torch.Tensor, keys: Sequence[str]) -> KeyedJaggedTensor:
-    return KeyedJaggedTensor(keys=list(keys), values=values, lengths=features.lengths(), weights=features.weights_or_none())
+    """`features` with new values (and keys), same layout; the per-key lengths that
+    `from_lengths_sync` cached are carried over, so no later stage reads them back from
+    the device (a device-to-host copy, and a wait, per step on CUDA)."""
+    return KeyedJaggedTensor(
+        keys=list(keys), values=values, lengths=features.lengths(), offsets=features.offsets_or_none(),
+        weights=features.weights_or_none(), stride=features.stride(),
+        length_per_key=features.length_per_key_or_none(), offset_per_key=features.offset_per_key_or_none(),
+    )
 
 
 class ModuloHashing(FeatureHashing):

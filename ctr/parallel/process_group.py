@@ -81,13 +81,17 @@ def init_distributed(backend: str = "auto") -> DistributedEnv:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
+        # NCCL: the group is bound to this rank's GPU, so barriers and object collectives use it
+        device_id = device if backend == "nccl" else None
         store = _restart_scoped_agent_store(world_size)
         if store is not None:
-            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, device_id=device_id)
         else:
             # e.g. file:///shared/fs/rendezvous: no port to pick, so no race for one
             init_method = os.environ.get(INIT_METHOD_ENV, "env://")
-            dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+            dist.init_process_group(
+                backend=backend, init_method=init_method, rank=rank, world_size=world_size, device_id=device_id,
+            )
     return DistributedEnv(rank, world_size, local_rank, local_world_size, device, backend)
 
 

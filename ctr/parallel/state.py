@@ -38,19 +38,20 @@ def load_full_state(model: nn.Module, full_state: Mapping[str, torch.Tensor]) ->
                 target.copy_(source)
 
 
-def full_state_dict(model: nn.Module, dst: int = 0) -> Optional[Dict[str, torch.Tensor]]:
+def full_state_dict(model: nn.Module, device: torch.device, dst: int = 0) -> Optional[Dict[str, torch.Tensor]]:
     """Gathers every entry, whole, onto rank `dst` (a collective: call on all ranks).
 
-    Returns the dict on `dst` and None elsewhere.
+    The shards meet on `device`, the rank's device (where the shards live: NCCL gathers
+    CUDA tensors only). Returns the dict, in host memory, on `dst` and None elsewhere.
     """
     is_dst = dist.get_rank() == dst
     full: Dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
         if isinstance(value, ShardedTensor):
-            out = torch.empty(value.size(), dtype=value.dtype) if is_dst else None
+            out = torch.empty(value.size(), dtype=value.dtype, device=device) if is_dst else None
             value.gather(dst=dst, out=out)
             if is_dst:
-                full[key] = out
+                full[key] = out.cpu()
         elif is_dst:
             full[key] = value.detach().cpu().clone()
     return full if is_dst else None

@@ -27,7 +27,8 @@ class TrainResult:
     seconds: float = 0.0
     first_step_finished_at: float = 0.0  # time.time() when this run's first step was done
     losses: List[float] = field(default_factory=list)
-    step_seconds: List[float] = field(default_factory=list)  # wall time of each step, hooks excluded
+    # host wall time of each step, hooks excluded; on CUDA the step may still run on the device
+    step_seconds: List[float] = field(default_factory=list)
     stopped_early: bool = False
 
     @property
@@ -64,10 +65,11 @@ class Hooks:
             self.on_eval(result.steps)
 
 
-def _global_mean(value: float) -> float:
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return tensor.item() / dist.get_world_size()
+def _global_mean(losses: torch.Tensor) -> float:
+    """The mean of `losses` over every rank; they stay on the rank's device, as NCCL requires."""
+    total = losses.sum(dtype=torch.float64)
+    dist.all_reduce(total)
+    return total.item() / (losses.numel() * dist.get_world_size())
 
 
 def is_due(step: int, every: Optional[int]) -> bool:
@@ -108,28 +110,32 @@ def train(
     iterator = iter(batches)
     start = window_start = step_start = time.perf_counter()
     window_samples = 0
+    # Step losses stay on the device until a log step: reading each one would wait for its step.
+    window_losses: List[torch.Tensor] = []
     while result.steps < total:
         try:
             loss, _, labels = pipeline.progress(iterator)
         except StopIteration:
             break
         result.steps += 1
-        if not result.losses:
+        if result.steps == start_step + 1:
             result.first_step_finished_at = time.time()
         if scheduler is not None:
             scheduler.step()
         samples = labels.numel() * env.world_size
         result.samples += samples
         window_samples += samples
-        result.losses.append(loss.item())
+        window_losses.append(loss)  # ClickTask returns it detached
         result.step_seconds.append(time.perf_counter() - step_start)
         bar.update(1)
         step = result.steps
         if step % log_every_steps == 0 or step == total:
             now = time.perf_counter()
             rate = window_samples / (now - window_start)
-            recent = result.losses[-log_every_steps:]
-            mean_loss = _global_mean(sum(recent) / len(recent))
+            recent = torch.stack(window_losses)
+            window_losses.clear()
+            mean_loss = _global_mean(recent)
+            result.losses.extend(recent.tolist())
             memory = peak_memory_per_rank(env.device)
             bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
             if env.is_main:
@@ -152,6 +158,8 @@ def train(
             hooks.on_checkpoint(step)
         step_start = time.perf_counter()
     result.seconds = time.perf_counter() - start
+    if window_losses:  # steps after the last log step
+        result.losses.extend(torch.stack(window_losses).tolist())
     bar.close()
     pipeline.detach()  # restores the model's own forward, for evaluation
     hooks.finish(result, start_step)

@@ -24,6 +24,7 @@ from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_dire
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.loop import Hooks, TrainResult, train
+from ctr.train.metrics import auc_bins_setting
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
 from ctr.train.schedule import build_scheduler
 from ctr.train.validation import Validation
@@ -92,11 +93,13 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
 
     scalars = Scalars(run_dir / "tensorboard", enabled=env.is_main and trainer.tensorboard)
 
+    auc_bins = auc_bins_setting(trainer.auc, trainer.auc_bins)
+
     def save_best(step: int, metrics: Dict[str, float]) -> None:
         checkpointer.save(step, model, optimizer, scheduler, name=BEST, info={"metric": trainer.best_metric, "value": metrics[trainer.best_metric]})
 
     validation = Validation(
-        lambda: evaluate(model, source, "val", built.hashing, env, trainer.eval_batch_size),
+        lambda: evaluate(model, source, "val", built.hashing, env, trainer.eval_batch_size, auc_bins),
         trainer.best_metric, trainer.early_stopping_patience,
         save_best if ckpt.keep_best else None, scalars, env.is_main, best=best_value(checkpointer.directory),
     )
@@ -128,7 +131,8 @@ def _report(
 ) -> Dict[str, float]:
     """Evaluates on the test split and writes the run's figures (metrics.json); returns them."""
     trainer, result, rows = cfg.trainer, fitted.result, built.rows
-    metrics = evaluate(built.model, built.source, "test", built.hashing, env, trainer.eval_batch_size)
+    metrics = evaluate(built.model, built.source, "test", built.hashing, env, trainer.eval_batch_size,
+                       auc_bins_setting(trainer.auc, trainer.auc_bins))
     memory = peak_memory_per_rank(env.device)
     state_bytes = per_rank(fused_state_bytes(built.model), env.device)
     summary = {

@@ -20,7 +20,7 @@ from throughput_report import report  # noqa: E402
 
 TINY_POINT = [
     "batch_size=64", "dim=8", "rows=1000", "warmup_steps=1", "steps=4", "repetitions=2", "profile_steps=2",
-    "overrides=['model.num_residual_units=1','model.residual_hidden_dim=16','data.num_sparse=5','data.vocab_min=5']",
+    "overrides=['model.num_residual_units=1','model.residual_hidden_dim=16','data.num_sparse=5','data.vocab_min=5','distributed.backend=gloo']",
 ]
 
 

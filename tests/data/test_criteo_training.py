@@ -12,7 +12,7 @@ from ctr.data.preprocess import preprocess
 from ctr.data.shards import ShardSource
 from tests.conftest import REPO
 from tests.data.criteo_files import SHARED_DATA, criteo_lines, write_criteo
-from tests.hydra_config import TINY_MODEL
+from tests.hydra_config import ON_CPU, TINY_MODEL
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 KAGGLE_10K = SHARED_DATA / "criteo-kaggle-10k"
@@ -24,7 +24,7 @@ def test_train_on_preprocessed_criteo_with_two_ranks(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [TORCHRUN, "--standalone", "--nproc_per_node=2", "launch/train.py", "data=criteo",
-         f"data.path={tmp_path / 'shards'}", "data.shuffle_buffer=256", *TINY_MODEL, f"hydra.run.dir={run_dir}"],
+         f"data.path={tmp_path / 'shards'}", "data.shuffle_buffer=256", *TINY_MODEL, *ON_CPU, f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 from tests.data.criteo_files import SHARED_DATA
 from tests.data.test_criteo_training import TORCHRUN
 from tests.data.test_tabular import _lines, _write
-from tests.hydra_config import CONFIGS, TINY_MODEL
+from tests.hydra_config import CONFIGS, ON_CPU, TINY_MODEL
 
 SPARROW = SHARED_DATA / "sparrowrecsys"
 MOVIELENS = SHARED_DATA / "movielens-100k"
@@ -52,7 +52,7 @@ def test_preprocess_and_train_a_csv_schema_with_two_ranks(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [TORCHRUN, "--standalone", "--nproc_per_node=2", "launch/train.py", "data=movielens100k", shards, *schema,
-         *TINY_MODEL, f"hydra.run.dir={run_dir}"],
+         *TINY_MODEL, *ON_CPU, f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -99,7 +99,7 @@ def test_wide_deep_trains_on_sparrowrecsys_with_its_experiment_config(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "launch/train.py", "+experiment=sparrowrecsys_wide_deep", f"data.path={shards}",
-         "distributed.nproc_per_node=2", "trainer.progress_bar=false", "trainer.tensorboard=false",
+         "distributed.nproc_per_node=2", *ON_CPU, "trainer.progress_bar=false", "trainer.tensorboard=false",
          f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )

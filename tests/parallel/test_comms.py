@@ -28,7 +28,7 @@ INT8_LOSS_TOLERANCE = 2e-3
 def _train(cfg_dict: dict, out_path: str) -> None:
     """One rank: 20 steps with the configured comms; rank 0 saves the global per-step losses."""
     cfg = OmegaConf.create(cfg_dict)
-    env = init_distributed("auto")
+    env = init_distributed("gloo")
     try:
         torch.manual_seed(0)
         built = build_trainable(cfg, env)

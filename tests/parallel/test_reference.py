@@ -67,7 +67,7 @@ def _column_blocks(plan) -> Dict[str, List[Tuple[int, int]]]:
 def _train_sharded(cfg_dict: dict, init_path: str, out_path: str, broken_rank: int) -> None:
     """One rank of the ctr job; rank 0 saves the plan, global per-step losses and full weights."""
     cfg = OmegaConf.create(cfg_dict)
-    env = init_distributed("auto")
+    env = init_distributed("gloo")
     try:
         torch.manual_seed(0)
         source = instantiate(cfg.data)
@@ -87,7 +87,7 @@ def _train_sharded(cfg_dict: dict, init_path: str, out_path: str, broken_rank: i
         result = train(model, optimizer, train_batches, env, steps, log_every_steps=10**9, progress_bar=False)
         per_rank: List[List[float]] = [None] * env.world_size  # type: ignore[list-item]
         dist.all_gather_object(per_rank, result.losses)
-        state = full_state_dict(model)
+        state = full_state_dict(model, env.device)
         if env.is_main:
             losses = [sum(step) / len(step) for step in zip(*per_rank)]
             torch.save({"losses": losses, "state": state, "plan": rows, "blocks": _column_blocks(plan)}, out_path)

@@ -75,13 +75,13 @@ def _as_batch(step: Dict[str, torch.Tensor]) -> Batch:
 
 def _train_wide(cfg_dict: dict, out_path: str) -> None:
     cfg = OmegaConf.create(cfg_dict)
-    env = init_distributed("auto")
+    env = init_distributed("gloo")
     try:
         task = ClickTask(WideOnly())
         model = shard(task, env, cfg).model
         optimizer = optimizers(model, cfg)
         result = train(model, optimizer, (_as_batch(b) for b in _batches()), env, STEPS, 10**9, progress_bar=False)
-        torch.save({"losses": result.losses, "state": full_state_dict(model)}, out_path)
+        torch.save({"losses": result.losses, "state": full_state_dict(model, env.device)}, out_path)
     finally:
         shutdown()
 
