@@ -19,7 +19,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -99,11 +99,15 @@ class _Table:
         return records
 
     def index(self, column: str, setting: str) -> int:
-        if column not in self.columns:
-            raise CsvFormatError(
-                f"{self.path}: data.schema.{setting} names column {column!r}, which is not among its columns {self.columns}"
-            )
-        return self.columns.index(column)
+        return _column_index(self.columns, column, self.path, setting)
+
+
+def _column_index(columns: List[str], column: str, origin, setting: str) -> int:
+    if column not in columns:
+        raise CsvFormatError(
+            f"{origin}: data.schema.{setting} names column {column!r}, which is not among its columns {columns}"
+        )
+    return columns.index(column)
 
 
 @dataclass
@@ -119,16 +123,17 @@ class _SideTable:
 
 
 class _Layout:
-    """Where each column the schema names is found (main file or a side table), checked up front."""
+    """Where each column the schema names is found (a main record of `columns`, read from
+    `origin`, or a side table), checked up front."""
 
-    def __init__(self, schema: SchemaConfig, main: _Table, root: Path) -> None:
-        self.main = main
+    def __init__(self, schema: SchemaConfig, columns: List[str], origin, root: Path) -> None:
+        self.columns, self.origin = columns, origin
         self.sides: List[_SideTable] = []
-        self.sources: Dict[str, Tuple[int, int]] = {c: (-1, i) for i, c in enumerate(main.columns)}
+        self.sources: Dict[str, Tuple[int, int]] = {c: (-1, i) for i, c in enumerate(columns)}
         for j, join in enumerate(schema.joins):
             table = _Table(root / join.path, join, f".joins[{j}]")
             key = table.index(join.key, f"joins[{j}].key")
-            on = main.index(join.join_column, f"joins[{j}].join_column")
+            on = _column_index(columns, join.join_column, origin, f"joins[{j}].join_column")
             rows = {}
             for _, fields in table.records():
                 rows.setdefault(fields[key] if key < len(fields) else "", fields)
@@ -143,8 +148,8 @@ class _Layout:
     def locate(self, column: str, setting: str) -> Tuple[int, int]:
         if column not in self.sources:
             raise CsvFormatError(
-                f"{self.main.path}: data.schema.{setting} names column {column!r}, which is neither in its header "
-                f"{self.main.columns} nor in a joined table"
+                f"{self.origin}: data.schema.{setting} names column {column!r}, which is neither in its header "
+                f"{self.columns} nor in a joined table"
             )
         return self.sources[column]
 
@@ -228,6 +233,39 @@ class _Features:
         if spec.delimiter:
             values = [member for v in values for member in v.split(spec.delimiter)]
         return [self._category(spec, v.strip()) for v in values if v.strip()]
+
+
+def _parse_record(layout: _Layout, features: _Features, line: int, fields: List[str]):
+    """A main record's values in `_Block.add`'s order, or the BadLine saying why it has none."""
+    if len(fields) != len(layout.columns):
+        return BadLine(line, "field count", f"{len(fields)} fields, expected {len(layout.columns)}")
+    try:
+        label, dense, single, bags, missing = features.parse(layout.joined(fields))
+    except ValueError as error:
+        return BadLine(line, "value", str(error))
+    return label, dense, single, bags, missing + [v == "" for v in single]
+
+
+class RecordParser:
+    """The schema's reading of main-file records (named `columns`, read from `origin`) outside
+    preprocessing, e.g. raw rows to score: each joined with the side tables under `root` and
+    parsed, filled and hashed exactly as preprocessing does (before the dense normalisation)."""
+
+    def __init__(self, schema, columns: Sequence[str], origin, root: Path) -> None:
+        schema = as_schema(schema)
+        self._layout = _Layout(schema, list(columns), origin, Path(root))
+        self._features = _Features(schema, self._layout)
+
+    def parse(self, records: Iterable[Tuple[int, List[str]]]) -> Tuple[Dict[str, np.ndarray], List[BadLine]]:
+        """The clean records' columns as a shard holds them ("label" included), and the others' problems."""
+        block, problems = _Block(), []
+        for line, fields in records:
+            parsed = _parse_record(self._layout, self._features, line, fields)
+            if isinstance(parsed, BadLine):
+                problems.append(parsed)
+            else:
+                block.add(*parsed)
+        return block.columns(self._features, {spec.name: 0 for spec in self._features.bags}), problems
 
 
 def _is_bag(spec: SparseConfig) -> bool:
@@ -416,7 +454,7 @@ class _CsvInput(ShardInput):
         self._files = [root / f for f in schema.files] + test_files
         self._schema, self._policy, self._chunk_rows = schema, policy, chunk_rows
         self._main = _Table(self._files[0], schema, "")
-        self._layout = _Layout(schema, self._main, root)
+        self._layout = _Layout(schema, self._main.columns, self._main.path, root)
         self._features = _Features(schema, self._layout)
         self._splitter = _Splitter(schema, self._files, test_files, self._main)
         self.input = str(schema.root)
@@ -445,22 +483,15 @@ class _CsvInput(ShardInput):
         width = len(self._main.columns)
         for line, fields in table.records():
             split = self._splitter.assign(path, fields, rng.random())
-            problem = None
-            if len(fields) != width:
-                problem = BadLine(line, "field count", f"{len(fields)} fields, expected {width}")
-            elif split is None:
+            if split is None and len(fields) == width:
                 continue
-            else:
-                try:
-                    label, dense, single, bags, missing = self._features.parse(self._layout.joined(fields))
-                except ValueError as error:
-                    problem = BadLine(line, "value", str(error))
-            if problem is not None:
-                state.record_bad(path, problem, self._policy, CsvFormatError,
+            parsed = _parse_record(self._layout, self._features, line, fields)
+            if isinstance(parsed, BadLine):
+                state.record_bad(path, parsed, self._policy, CsvFormatError,
                                  " (on_bad_row=error; on_bad_row=skip drops such rows)")
                 continue
             block = blocks[split]
-            block.add(label, dense, single, bags, missing + [v == "" for v in single])
+            block.add(*parsed)
             if len(block.labels) >= self._chunk_rows:
                 blocks[split] = _Block()
                 yield self._packed(split, block)
