@@ -136,8 +136,11 @@ class Backend(Choice):
 
 
 class ExportPrecision(Choice):
-    """`configs/export.yaml` `precision`: the quantized tables' row-wise precision."""
+    """`configs/export.yaml` `precision`: the tables' storage; fp16, int8 and int4 are TorchRec's
+    quantized tables (int8/int4 row-wise, each row with an fp16 scale and bias)."""
 
+    fp32 = auto()
+    fp16 = auto()
     int8 = auto()
     int4 = auto()
 
@@ -241,12 +244,29 @@ class ThroughputConfig:
 
 @dataclass
 class ExportConfig:
-    """`configs/export.yaml`: a trained run's model with int8/int4 row-wise tables, for inference."""
+    """`configs/export.yaml`: a trained run's model and feature pipeline as an inference artifact."""
 
     run_dir: str = MISSING
     checkpoint_path: Optional[str] = None
     precision: ExportPrecision = ExportPrecision.int8
+    dense_precision: DensePrecision = DensePrecision.fp32  # the dense tower's stored weights and compute
     output: Optional[str] = None
+    split: Split = Split.test  # the split whose AUC the manifest records
+    batch_size: int = 8192  # rows per batch of that measurement
+
+
+@dataclass
+class PredictConfig:
+    """`configs/predict.yaml`: raw rows of the training layout → one prediction per row."""
+
+    artifact: str = MISSING
+    input: str = MISSING  # a file, or a directory of them (Criteo TSV, or the schema's CSV/TSV layout)
+    output: str = MISSING  # .csv, or .parquet where pyarrow is installed
+    key_columns: List[str] = field(default_factory=list)  # input columns copied beside each prediction
+    on_bad_row: BadRowPolicy = BadRowPolicy.error  # skip: the row is written with an empty prediction
+    batch_size: int = 4096  # rows per batch: bounds each process's memory
+    workers: int = 1  # scoring processes
+    overwrite: bool = False
 
 
 @dataclass
@@ -596,6 +616,7 @@ def register_configs() -> None:
     store.store(group="data", name="csv_schema", node=CsvDataConfig)
     store.store(name="preprocess_schema", node=PreprocessConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="predict_schema", node=PredictConfig)
     store.store(name="throughput_schema", node=ThroughputConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)
