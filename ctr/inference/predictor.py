@@ -1,15 +1,16 @@
 """A loaded artifact that scores rows in this process: what a service embeds."""
 
+import json
 from pathlib import Path
-from typing import List, Mapping, Sequence, Tuple, Union
+from typing import List, Tuple, Union
 
 import numpy as np
 import torch
 
 from ctr.data.rows import Rows, rows_to_batch
 from ctr.data.shard_writer import BadLine, BadRowPolicy
-from ctr.inference.pipeline import Chunk, feature_pipeline
-from ctr.train.export import SIDE_TABLES, Artifact, load_artifact
+from ctr.inference.pipeline import Chunk, FeaturePipeline, feature_pipeline
+from ctr.train.export import PIPELINE_FILE, SIDE_TABLES, Artifact, load_artifact, verify_artifact
 
 
 class BadRowError(ValueError):
@@ -54,6 +55,13 @@ class Predictor:
         with torch.no_grad():
             _, (_, logits, _) = self.artifact.task(batch)
         return torch.sigmoid(logits).numpy()
+
+
+def load_pipeline(artifact: Union[str, Path]) -> FeaturePipeline:
+    """The artifact's feature pipeline alone (its files verified): what a process that only reads rows needs."""
+    directory = Path(artifact)
+    verify_artifact(directory)
+    return feature_pipeline(json.loads((directory / PIPELINE_FILE).read_text()), directory / SIDE_TABLES)
 
 
 def load(artifact: Union[str, Path]) -> Predictor:

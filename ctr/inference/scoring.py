@@ -14,6 +14,7 @@ import json
 import os
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
+from importlib.util import find_spec
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -23,7 +24,7 @@ import torch
 
 from ctr.data.shard_writer import BadLine, BadRowPolicy
 from ctr.inference.pipeline import Chunk
-from ctr.inference.predictor import Predictor, load
+from ctr.inference.predictor import Predictor, load, load_pipeline
 
 _IN_FLIGHT_PER_WORKER = 2
 _EXAMPLES_KEPT = 20
@@ -56,15 +57,9 @@ def _score(chunk: Chunk, keys: Sequence[str], on_bad_row: str,
 
 
 def _check_output(output: Path, overwrite: bool) -> None:
-    if output.suffix == ".parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise ValueError(f"output={output}: Parquet output needs pyarrow, which is not installed; "
-                             "write a .csv output") from None
-        raise ValueError(f"output={output}: Parquet output is not implemented yet; write a .csv output")
     if output.suffix not in (".csv", ".tsv"):
-        raise ValueError(f"output={output}: expected a .csv or .tsv file")
+        hint = "; Parquet would need pyarrow, which is not installed" if find_spec("pyarrow") is None else ""
+        raise ValueError(f"output={output}: expected a .csv or .tsv file{hint}")
     if output.exists() and not overwrite:
         raise FileExistsError(f"output={output} exists; pass overwrite=true to replace it")
 
@@ -80,7 +75,7 @@ def score_files(artifact: Path, input: Path, output: Path, keys: Sequence[str] =
     files = input_files(Path(input))
     _check_output(output, overwrite)
     predictor = load(artifact) if workers == 1 else None
-    pipeline = predictor.pipeline if predictor else load(artifact).pipeline
+    pipeline = predictor.pipeline if predictor else load_pipeline(artifact)
     chunks = (chunk for path in files for chunk in pipeline.chunks(path, batch_size))
     tmp = output.with_name(output.name + ".partial")
     read = written = 0
