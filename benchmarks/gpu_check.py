@@ -184,7 +184,7 @@ def resume_and_export(check: Check) -> dict:
         "stopped_at_step": stopped["train_steps"], "resumed_from_step": resumed["resumed_from_step"],
         "final_step": resumed["train_steps"], "trained_test_auc": resumed["test_auc"],
         "cpu_eval_test_auc": cpu_eval["auc"], "cpu_eval_auc_difference": cpu_eval["auc"] - resumed["test_auc"],
-        "int8_export": json.loads((export_dir / "export.json").read_text()), "int8_test_auc": int8_eval["auc"],
+        "int8_export": json.loads((export_dir / "manifest.json").read_text()), "int8_test_auc": int8_eval["auc"],
     }
 
 

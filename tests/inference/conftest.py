@@ -14,7 +14,10 @@ from tests.data.criteo_files import SHARED_DATA, criteo_lines, write_criteo
 from tests.data.test_tabular import HEADER, _lines, _write
 from tests.hydra_config import ON_CPU, TINY_MODEL
 
-TRAIN = [*TINY_MODEL, *ON_CPU, "distributed.nproc_per_node=1", "trainer.tensorboard=false"]
+# TINY's sizes; its Deep Crossing settings (model.*) only where the model is Deep Crossing.
+TRAIN = [*(o for o in TINY_MODEL if not o.startswith("model.")), *ON_CPU, "distributed.nproc_per_node=1",
+         "trainer.tensorboard=false"]
+DEEP_CROSSING = [o for o in TINY_MODEL if o.startswith("model.")]
 SPARROW = SHARED_DATA / "sparrowrecsys"
 SPARROW_FILES = ["alt-regenerated-testsamples/testSamples_lizhzh8.csv",
                  "alt-regenerated-testsamples/testSamples_xiaokunliu.csv", "testSamples.csv"]
@@ -55,14 +58,13 @@ class Exported:
     run_dir: Path
     artifact: Path
     raw: Path
-    data: List[str]  # the data overrides the run was trained with
 
 
-def _train_and_export(root: Path, data: List[str], raw: Path) -> Exported:
+def _train_and_export(root: Path, overrides: List[str], raw: Path) -> Exported:
     run_dir, artifact = root / "run", root / "fp32"
-    run("launch/train.py", *data, *TRAIN, f"hydra.run.dir={run_dir}")
+    run("launch/train.py", *overrides, *TRAIN, f"hydra.run.dir={run_dir}")
     run("launch/export.py", f"run_dir={run_dir}", "precision=fp32", f"output={artifact}")
-    return Exported(run_dir, artifact, raw, data)
+    return Exported(run_dir, artifact, raw)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +74,7 @@ def criteo(tmp_path_factory) -> Exported:
     run("launch/preprocess.py", f"input={raw}", f"output={root / 'shards'}", "progress_bar=false",
         f"hydra.run.dir={root / 'pre'}")
     data = ["data=criteo", f"data.path={root / 'shards'}", "data.shuffle_buffer=256"]
-    return _train_and_export(root, data, raw)
+    return _train_and_export(root, [*data, *DEEP_CROSSING], raw)
 
 
 def _generic_files(root: Path) -> Path:
@@ -89,7 +91,7 @@ def generic(tmp_path_factory) -> Exported:
     raw = _generic_files(root / "raw")
     data = ["data=movielens100k", f"data.path={root / 'shards'}", f"data.schema.root={root / 'raw'}", *GENERIC_SCHEMA]
     run("launch/preprocess.py", *data, "progress_bar=false", f"hydra.run.dir={root / 'pre'}")
-    return _train_and_export(root, data, raw)
+    return _train_and_export(root, [*data, *DEEP_CROSSING], raw)
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +104,8 @@ def sparrow(tmp_path_factory) -> Exported:
         (root / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
         with open(SPARROW / name) as source, open(root / "raw" / name, "w") as sample:
             sample.writelines(line for _, line in zip(range(601), source))
-    data = ["+experiment=sparrowrecsys_wide_deep", f"data.path={root / 'shards'}", f"data.schema.root={root / 'raw'}",
-            "embedding.num_embeddings_per_feature={genre: 100}", "model.wide.crosses=[{features: [movieId, "
-            "'userRatedMovies[0]'], num_embeddings: 1000}]"]
-    run("launch/preprocess.py", *data, "progress_bar=false", f"hydra.run.dir={root / 'pre'}")
-    return _train_and_export(root, data, root / "raw" / "testSamples.csv")
+    data = [f"data.path={root / 'shards'}", f"data.schema.root={root / 'raw'}"]
+    run("launch/preprocess.py", "data=sparrowrecsys", *data, "progress_bar=false", f"hydra.run.dir={root / 'pre'}")
+    experiment = ["+experiment=sparrowrecsys_wide_deep", *data, "embedding.num_embeddings_per_feature={genre: 100}",
+                  "model.wide.crosses=[{features: [movieId, 'userRatedMovies[0]'], num_embeddings: 1000}]"]
+    return _train_and_export(root, experiment, root / "raw" / "testSamples.csv")
