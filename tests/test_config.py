@@ -122,7 +122,8 @@ def test_an_unknown_hashing_fails_listing_the_options():
         ("config", "distributed.backend=mpi", "distributed.backend", "auto, gloo, nccl"),
         ("throughput", "table_precision=int8", "table_precision", "fp32, fp16"),
         ("throughput", "dense_precision=fp16", "dense_precision", "fp32, bf16"),
-        ("export", "precision=int2", "precision", "int8, int4"),
+        ("export", "precision=int2", "precision", "fp32, fp16, int8, int4"),
+        ("predict", "on_bad_row=drop", "on_bad_row", "error, skip"),
         ("evaluate", "split=holdout", "split", "train, val, test"),
     ],
 )
