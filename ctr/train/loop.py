@@ -59,7 +59,9 @@ class Hooks:
     def finish(self, result: TrainResult, start_step: int) -> None:
         """The run's last checkpoint (if it trained any step) and its last validation (unless
         it stopped early), each unless the loop ran it after the last step."""
-        if self.on_checkpoint is not None and result.steps > start_step and not self.checkpoint_due(result.steps):
+        # An early stop leaves the loop before its checkpoint of that step, due or not.
+        last_saved = self.checkpoint_due(result.steps) and not result.stopped_early
+        if self.on_checkpoint is not None and result.steps > start_step and not last_saved:
             self.on_checkpoint(result.steps)
         if self.on_eval is not None and not (result.stopped_early or self.eval_due(result.steps)):
             self.on_eval(result.steps)
