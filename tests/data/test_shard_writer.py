@@ -81,3 +81,41 @@ def test_progress_saved_in_another_layout_is_refused_not_misread(tmp_path):
     meta = write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, overwrite=True,
                         progress_bar=False)
     assert meta["num_rows"] == 7
+
+
+def test_overwrite_removes_only_the_files_the_previous_run_listed(tmp_path):
+    """overwrite=true once deleted every *.npy and *.tmp in the output, whoever wrote them."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+    write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    theirs = [out / "embeddings.npy", out / "notes.tmp", out / "00009.label.npy", out / "00000.other.npy"]
+    for file in theirs:
+        file.write_bytes(b"not ctr's")
+    with pytest.raises(FileExistsError, match="not empty and holds no shards of ctr's .*00000.other.npy"):
+        write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+                     progress_bar=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in theirs)
+    assert all(file.read_bytes() == b"not ctr's" for file in theirs)
+
+
+def test_overwrite_after_an_interrupted_first_shard_removes_its_files(tmp_path):
+    """The progress record is saved before the first shard, so a shard written in part is known as ctr's."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+
+    class _Interrupted(_ResumableToy):
+        def files(self, state, room):
+            for name in self.columns[:2]:
+                (out / f"00000.{name}.npy").write_bytes(b"half a shard")
+            (out / f"00000.{self.columns[2]}.npy.tmp").write_bytes(b"half a column")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(lambda *settings: _Interrupted(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    (out / "mine.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="holds no shards of ctr's \\(it holds mine.txt\\)"):
+        write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+                     progress_bar=False)
+    (out / "mine.txt").unlink()
+    assert write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+                        progress_bar=False)["num_rows"] == 7
