@@ -58,7 +58,8 @@ def test_a_run_killed_midway_leaves_no_valid_directory_and_resumes_to_the_same_s
     out = tmp_path / "out"
     proc = _child(str(path), str(out), "1000")
     deadline = time.monotonic() + 60
-    while not (out / PROGRESS_FILE).exists() and time.monotonic() < deadline:
+    # Shard 1's first column exists only once shard 0 is recorded in the progress file.
+    while not (out / "00001.label.npy").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
