@@ -48,7 +48,7 @@ class CriteoDataConfig:
     test_days: List[int] = field(default_factory=lambda: [23])
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class CsvDataConfig:
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
 
 
 @dataclass

@@ -590,7 +590,7 @@ class _CsvInput(ShardInput):
 
 
 def csv_shards(path: str, schema, shuffle_buffer: int = SHUFFLE_BUFFER, seed: int = 0,
-               verify_checksums: bool = False) -> ShardSource:
+               verify_checksums: bool = True) -> ShardSource:
     """The RowSource of `data=<csv data set>`: its shards, split as preprocessing assigned the rows.
 
     Refuses shards written from another schema, so a changed schema is never trained on stale shards.

@@ -73,7 +73,8 @@ def test_a_run_killed_midway_leaves_no_valid_directory_and_resumes_to_the_same_s
     for key in ("num_rows", "shards", "stats", "bad_rows"):
         assert resumed[key] == clean[key]
     assert not (out / PROGRESS_FILE).exists() and not list(out.glob("*.tmp"))
-    ShardSource(str(out), verify_checksums=True)
+    source = ShardSource(str(out))  # checksums verified as each shard is read
+    assert sum(len(source.rows(split, 0, source.num_rows(split))) for split in ("train", "val", "test")) == 30_000
 
 
 def test_a_finished_directory_is_kept_and_another_input_is_refused(tmp_path):
