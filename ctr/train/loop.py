@@ -12,6 +12,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
 from ctr.parallel.process_group import DistributedEnv
+from ctr.train.guards import check_finite_loss
 from ctr.train.scalars import Scalars, learning_rates, peak_memory_per_rank
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def train(
 
     The pipeline distributes batch i+1's sparse input while batch i computes, where the
     device has streams to overlap them (CUDA); on CPU it runs the same stages in order.
+    A nan or inf loss stops training (`check_finite_loss`) at the next log step, or before
+    the next checkpoint or validation, whichever comes first.
     """
     model.train()
     pipeline = TrainPipelineSparseDist(model, optimizer, env.device)
@@ -88,6 +91,7 @@ def train(
     iterator = iter(batches)
     start = window_start = step_start = time.perf_counter()
     window_samples = 0
+    checked = start_step  # the loss is known finite up to this step
     while result.steps < total:
         try:
             loss, _, labels = pipeline.progress(iterator)
@@ -110,6 +114,8 @@ def train(
             rate = window_samples / (now - window_start)
             recent = result.losses[-log_every_steps:]
             mean_loss = _global_mean(sum(recent) / len(recent))
+            check_finite_loss(mean_loss, step, recent)
+            checked = step
             memory = peak_memory_per_rank(env.device)
             bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
             if env.is_main:
@@ -121,6 +127,10 @@ def train(
                     step,
                 )
             window_start, window_samples = now, 0
+        elif is_due(step, hooks.eval_every_steps) or is_due(step, hooks.checkpoint_every_steps):
+            recent = result.losses[checked - step:]  # the steps since the last check
+            check_finite_loss(_global_mean(sum(recent) / len(recent)), step, recent)
+            checked = step
         if is_due(step, hooks.eval_every_steps) and hooks.on_eval is not None:
             pipeline.detach()  # evaluation calls the model's own forward
             stop = hooks.on_eval(step)

@@ -38,6 +38,7 @@ from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
+from ctr.train.guards import check_config, check_steps_per_epoch
 from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
 from ctr.train.loop import Hooks, is_due, train
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
@@ -127,6 +128,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     """Trains and evaluates per `cfg`, writing the plan and metrics into `run_dir` (rank 0)."""
     # ctr's launcher stamps the job's start; under torchrun the rank's own start stands in.
     job_start = float(os.environ.get(JOB_START_ENV, time.time()))
+    check_config(cfg)
     quiet_library_noise()
     return in_process_group(lambda env: _run(cfg, run_dir, env, job_start), cfg.distributed.backend)
 
@@ -151,6 +153,7 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
 
     trainer = cfg.trainer
     steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
+    check_steps_per_epoch(steps_per_epoch, source.num_rows("train"), trainer.batch_size, env.world_size)
     total_steps = steps_per_epoch * trainer.epochs
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
