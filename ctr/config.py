@@ -78,7 +78,7 @@ class PreprocessConfig:
     sparse_columns: Optional[List[str]] = None  # null: all of C1..C26
     shard_rows: int = SHARD_ROWS  # rows per shard
     chunk_rows: int = CHUNK_ROWS  # lines parsed at a time
-    overwrite: bool = False
+    overwrite: bool = False  # true: removes the files a previous run in `output` listed (only those), then starts over
     progress_bar: bool = True
     data: Optional[CsvDataConfig] = None
 
