@@ -91,17 +91,22 @@ class _Lines:
 
 
 class _Record(NamedTuple):
-    """A record's first line and fields; or, for a quote left open there, no fields and the problem."""
+    """A record's first line and fields; or, where no record could be read, no fields and the problem."""
 
     line: int
     fields: List[str]
-    problem: Optional[str] = None
+    problem: Optional[BadLine] = None
 
 
-def _unbalanced(taken: List[Tuple[int, str]], error: csv.Error) -> _Record:
-    end = f"line {taken[-1][0]}" if len(taken) > 1 else "the end of its line"
-    return _Record(taken[0][0], [], f"a quote opened on this line is not closed before {end} ({error}); the lines "
-                                     "after it are read as rows of their own")
+def _unreadable(taken: List[Tuple[int, str]], error: csv.Error) -> _Record:
+    """The problem record of lines the csv module refused, or of a record that ran past its line."""
+    first = taken[0][0]
+    if len(taken) > 1:
+        problem = BadLine(first, "unbalanced quote", f"a quote opened on this line is not closed before line "
+                                                     f"{taken[-1][0]} ({error}); the lines after it are read as rows")
+    else:
+        problem = BadLine(first, "unparseable", f"unparseable line ({error})")
+    return _Record(first, [], problem)
 
 
 class _Table:
@@ -116,7 +121,7 @@ class _Table:
             if first is None:
                 raise CsvFormatError(f"{path} is empty (data.schema{setting}.header=true expects a header line)")
             if first.problem:
-                raise CsvFormatError(f"{path}:{first.line}: {first.problem}")
+                raise CsvFormatError(f"{path}:{first.line}: {first.problem.message}")
             self.columns = first.fields
         elif spec.columns:
             self.columns = list(spec.columns)
@@ -142,7 +147,7 @@ class _Table:
                 except csv.Error as error:
                     taken = lines.take()
                     lines.push_back(taken[1:])
-                    yield _unbalanced(taken, error)
+                    yield _unreadable(taken, error)
 
     def _decoded(self, stream) -> Iterator[str]:
         """Lines decoded one at a time, so that an encoding error names its line."""
@@ -195,7 +200,7 @@ class _Layout:
             rows = {}
             for line, fields, problem in table.records():
                 if problem:
-                    raise CsvFormatError(f"{table.path}:{line}: {problem}")
+                    raise CsvFormatError(f"{table.path}:{line}: {problem.message}")
                 rows.setdefault(fields[key] if key < len(fields) else "", fields)
             self.sides.append(_SideTable(table, on, rows, join.max_unmatched_fraction, empty=[""] * len(table.columns)))
             for i, column in enumerate(table.columns):
@@ -512,16 +517,13 @@ class _CsvInput(ShardInput):
         """Blocks of up to `chunk_rows` rows per split as they fill, then each split's rest closing it."""
         blocks = {split: _Block() for split in SPLITS}
         width = len(self._main.columns)
-        for line, fields, quote in table.records():
+        for line, fields, problem in table.records():
             split = self._splitter.assign(path, fields, rng.random())
-            problem = None
-            if quote:
-                problem = BadLine(line, "unbalanced quote", quote)
-            elif len(fields) != width:
+            if problem is None and len(fields) != width:
                 problem = BadLine(line, "field count", f"{len(fields)} fields, expected {width}")
-            elif split is None:
-                continue
-            else:
+            if problem is None:
+                if split is None:
+                    continue
                 try:
                     label, dense, single, bags, missing = self._features.parse(self._layout.joined(fields))
                 except ValueError as error:

@@ -262,3 +262,16 @@ def test_schema_values_that_would_crash_late_are_refused_when_it_is_loaded(tmp_p
         _run(tmp_path, _schema(tmp_path, **changes))
     with pytest.raises(ValueError, match=key):
         csv_shards(str(tmp_path / "out"), _schema(tmp_path, **changes))
+
+
+def test_a_huge_field_is_one_bad_row_quoted_capped(tmp_path):
+    """One 20 MB line once made a 21 MB meta.json."""
+    huge = ["u1,m1,5,1," + "9" * 100_000 + "x,,,,", "u1,m1,5,1," + "9" * 1_000_000 + ",,,,"]
+    _write(tmp_path / "ratings.csv", _lines(10) + huge + _lines(5, seed=1))
+    with pytest.raises(CsvFormatError, match="characters in all") as error:
+        _run(tmp_path, _schema(tmp_path))
+    assert len(str(error.value)) < 2000
+    meta = _run(tmp_path, _schema(tmp_path), on_bad_row="skip", overwrite=True)
+    assert meta["num_rows"] == 15 and meta["bad_rows"]["by_kind"] == {"value": 1, "unparseable": 1}
+    assert "ratings.csv:13: unparseable line (field larger than field limit" in meta["bad_rows"]["examples"][1]
+    assert (tmp_path / "out" / "meta.json").stat().st_size < 100_000
