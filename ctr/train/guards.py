@@ -7,7 +7,7 @@ so the ranges are checked here, once, when a run starts.
 """
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -17,8 +17,8 @@ _POSITIVE = (
     "trainer.batch_size", "trainer.eval_batch_size", "trainer.epochs", "trainer.log_every_steps",
     "embedding.num_embeddings", "embedding.dim", "distributed.nproc_per_node",
 )
-_POSITIVE_OR_NULL = ("trainer.max_steps", "trainer.eval_every_steps", "trainer.early_stopping_patience",
-                     "checkpoint.every_steps")
+_POSITIVE_OR_NULL = ("trainer.eval_every_steps", "trainer.early_stopping_patience", "checkpoint.every_steps")
+# trainer.max_steps may also be 0: evaluate a resumed checkpoint without training (`check_steps`)
 # Per-feature maps whose values must be positive integers.
 _POSITIVE_PER_FEATURE = ("embedding.num_embeddings_per_feature", "embedding.dim_per_feature")
 
@@ -37,6 +37,9 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None or key in _POSITIVE:
             _check_positive(key, value)
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=None)
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0):
+        raise ConfigValueError(f"trainer.max_steps={max_steps!r}: expected null or an integer >= 0")
     for key in _POSITIVE_PER_FEATURE:
         for feature, value in (OmegaConf.select(cfg, key, default=None) or {}).items():
             _check_positive(f"{key}.{feature}", value)
@@ -47,14 +50,19 @@ def _check_positive(key: str, value) -> None:
         raise ConfigValueError(f"{key}={value!r}: expected a positive integer")
 
 
-def check_steps_per_epoch(steps: int, train_rows: int, batch_size: int, world_size: int) -> None:
-    """Fails when an epoch has no step: training would save an untrained model as the best."""
-    if steps < 1:
+def check_steps(steps_per_epoch: int, train_rows: int, batch_size: int, world_size: int,
+                max_steps: Optional[int], resumed: bool) -> None:
+    """Fails when an epoch has no step, or when `max_steps` 0 has no checkpoint to evaluate:
+    either would save an untrained model as the best."""
+    if steps_per_epoch < 1:
         raise ConfigValueError(
             f"trainer.batch_size={batch_size} on {world_size} rank(s) takes {batch_size * world_size} rows a step, "
             f"more than the {train_rows} rows of the train split: no training step would run; "
             "lower trainer.batch_size or use more data"
         )
+    if max_steps == 0 and not resumed:
+        raise ConfigValueError("trainer.max_steps=0 trains nothing, and no checkpoint is resumed to evaluate "
+                               "(checkpoint.resume); set max_steps >= 1 or null")
 
 
 def check_finite_loss(mean_loss: float, step: int, losses: Union[torch.Tensor, Sequence[float]]) -> None:

@@ -38,7 +38,7 @@ from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
-from ctr.train.guards import check_config, check_steps_per_epoch
+from ctr.train.guards import check_config, check_steps
 from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, latest
 from ctr.train.loop import Hooks, is_due, train
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
@@ -153,7 +153,6 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
 
     trainer = cfg.trainer
     steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
-    check_steps_per_epoch(steps_per_epoch, source.num_rows("train"), trainer.batch_size, env.world_size)
     total_steps = steps_per_epoch * trainer.epochs
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
@@ -161,6 +160,8 @@ def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) 
     checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last)
     start_step = 0
     resume_from = _resume_path(ckpt.resume, checkpointer.directory)
+    check_steps(steps_per_epoch, source.num_rows("train"), trainer.batch_size, env.world_size, trainer.max_steps,
+                resume_from is not None)
     if resume_from is not None:
         start_step = checkpointer.load(resume_from, model, optimizer, scheduler, weights_only=ckpt.weights_only)
 

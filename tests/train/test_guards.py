@@ -21,7 +21,6 @@ from tests.hydra_config import TINY, TINY_MODEL, compose
     ("trainer.batch_size=0", "trainer.batch_size=0"),
     ("embedding.num_embeddings=-1", "embedding.num_embeddings=-1"),
     ("trainer.epochs=0", "trainer.epochs=0"),
-    ("trainer.max_steps=0", "trainer.max_steps=0"),
     ("trainer.log_every_steps=0", "trainer.log_every_steps=0"),
     ("checkpoint.every_steps=-5", "checkpoint.every_steps=-5"),
     ("+embedding.num_embeddings_per_feature.cat_0=0", "embedding.num_embeddings_per_feature.cat_0=0"),
@@ -30,6 +29,12 @@ def test_a_count_or_size_out_of_range_is_refused_naming_its_key(override, key):
     check_config(compose(*TINY))
     with pytest.raises(ConfigValueError, match=f"{key}: expected a positive integer"):
         check_config(compose(*TINY, override))
+
+
+def test_max_steps_may_be_zero_to_evaluate_a_resumed_checkpoint_but_not_negative():
+    check_config(compose(*TINY, "trainer.max_steps=0"))
+    with pytest.raises(ConfigValueError, match=r"trainer.max_steps=-1: expected null or an integer >= 0"):
+        check_config(compose(*TINY, "trainer.max_steps=-1"))
 
 
 def _train(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
@@ -41,6 +46,7 @@ def _train(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
     ("trainer.batch_size=0", "trainer.batch_size=0: expected a positive integer"),
     ("trainer.batch_size=1000", "trainer.batch_size=1000 on 1 rank(s) takes 1000 rows a step, more than the 640 rows"),
     ("trainer.epochs=0", "trainer.epochs=0: expected a positive integer"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 trains nothing, and no checkpoint is resumed"),
 ])
 def test_a_run_that_could_not_train_fails_at_start_up_and_saves_nothing(tmp_path, option, message):
     """These once ended in ZeroDivisionError, or in 0 steps and an untrained model saved as the best, exit 0."""
