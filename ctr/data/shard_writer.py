@@ -220,6 +220,9 @@ def write_shards(
         state.load(out)
         if state.rows:
             log.info("resuming %s after %d rows in %d shards", out, state.rows, len(state.shards))
+    else:
+        for path in written_files(out):  # an unfinished run's shards, which this one starts over
+            path.unlink(missing_ok=True)
     state.save(out)  # before the first shard, so that its files are listed as ctr's if it is interrupted
     writers = {split: ShardWriter(out, source.columns, shard_rows, state, split) for split in source.splits}
     started, rows_before = time.perf_counter(), state.rows

@@ -119,3 +119,23 @@ def test_overwrite_after_an_interrupted_first_shard_removes_its_files(tmp_path):
     (out / "mine.txt").unlink()
     assert write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
                         progress_bar=False)["num_rows"] == 7
+
+
+def test_a_source_that_starts_over_removes_the_unfinished_runs_shards(tmp_path):
+    """A non-resumable source rewrites from shard 0: the old run's later shards must not linger, unlisted."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+    toy = _Toy(path, BadRowPolicy.error, 4, 4)
+    out.mkdir()
+    listed = [{"index": i, "rows": 4, "file": "rows.txt", "day": None, "sha256": {c: "" for c in toy.columns}}
+              for i in range(4)]
+    old = {"source": {}, "rows": 16, "shards": listed, "bad": {}, "examples": [], "positives": 8,
+           "missing": [0, 0], "dense_sum": [0.0]}
+    np.savez(out / PROGRESS_FILE, fingerprint=input_fingerprint(toy.inputs, toy.settings), scalars=json.dumps(old))
+    for shard in listed:
+        for column in toy.columns:
+            (out / f"{shard['index']:05d}.{column}.npy").write_bytes(b"old")
+    meta = write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    assert len(meta["shards"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["meta.json"] + [f"0000{i}.{c}.npy" for i in range(2) for c in toy.columns])
