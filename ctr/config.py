@@ -180,7 +180,7 @@ class CriteoDataConfig:
     test_days: List[int] = field(default_factory=lambda: [23])
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
 
 
 @dataclass
@@ -193,7 +193,7 @@ class CsvDataConfig:
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
 
 
 @dataclass
@@ -210,7 +210,7 @@ class PreprocessConfig:
     sparse_columns: Optional[List[str]] = None  # null: all of C1..C26
     shard_rows: int = SHARD_ROWS  # rows per shard
     chunk_rows: int = CHUNK_ROWS  # lines parsed at a time
-    overwrite: bool = False
+    overwrite: bool = False  # true: removes the files a previous run in `output` listed (only those), then starts over
     progress_bar: bool = True
     data: Optional[CsvDataConfig] = None
 

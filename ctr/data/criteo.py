@@ -119,7 +119,9 @@ def _check_schemas(files: Sequence[CriteoFile]) -> None:
     counts = {}
     for file in files:
         with open_binary(file.path) as stream:
-            lines, _ = read_lines(stream, _SCHEMA_SAMPLE_LINES)
+            lines, error = read_lines(stream, _SCHEMA_SAMPLE_LINES)
+        if error and not lines:
+            raise CriteoFormatError(f"{file.path}: {error}")
         widths = [line.count(b"\t") + 1 for line in lines if line.strip()]
         if not widths:
             raise CriteoFormatError(f"{file.path} is empty")

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import numpy as np
 
 from ctr.data import criteo, shard_writer
-from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardInput, ShardState
+from ctr.data.shard_writer import Block, FileBlocks, Room, ShardInput, ShardState
 
 _TOP_IDS = 10
 
@@ -79,15 +79,19 @@ class _CriteoInput(ShardInput):
             while True:
                 lines, stream_error = criteo.read_lines(stream, min(self._chunk_rows, room(None)))
                 parsed = criteo.parse_lines(lines, position["line"], self._log1p)
-                bad = list(parsed.problems)
-                if stream_error:
-                    bad.append(BadLine(position["line"] + len(lines), "truncated gzip", stream_error))
-                for problem in bad:
+                for problem in parsed.problems:
                     state.record_bad(file.path, problem, self._policy, criteo.CriteoFormatError)
+                if stream_error:
+                    # The rows lost past the break cannot be counted, so no policy can account for them.
+                    raise criteo.CriteoFormatError(
+                        f"{file.path}: {stream_error} after line {position['line'] + len(lines) - 1}; the rest of "
+                        "the file cannot be read or counted, so it is refused even under on_bad_row=skip: "
+                        "fetch the file again"
+                    )
                 position["offset"] += sum(len(line) for line in lines)
                 position["line"] += len(lines)
                 yield self._block(parsed, position)
-                if stream_error or not lines:
+                if not lines:
                     return
 
     def _block(self, parsed: criteo.ParsedLines, position: dict) -> Block:

@@ -6,6 +6,8 @@ become categorical features (single ids, bags, bucketised numbers, shared vocabu
 which side tables to join, and how to split. `ctr.data.tabular` applies it.
 """
 
+import codecs
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import List, Optional
@@ -125,3 +127,39 @@ class SchemaConfig(DelimitedFileConfig):
     sparse: List[SparseConfig] = field(default_factory=list)
     joins: List[JoinConfig] = field(default_factory=list)
     split: SplitConfig = field(default_factory=SplitConfig)
+
+
+class SchemaError(ValueError):
+    """A schema value that cannot work; the message names its key."""
+
+
+def check_schema(schema: SchemaConfig) -> None:
+    """Fails on values that would otherwise crash late (after reading all the data), naming the key.
+
+    Feature names become shard file names (`{shard}.{name}.npy`), so they must be file-name safe.
+    """
+    files = [("", schema)] + [(f".joins[{j}]", join) for j, join in enumerate(schema.joins)]
+    for where, spec in files:
+        if len(spec.delimiter) != 1:
+            raise SchemaError(f"data.schema{where}.delimiter={spec.delimiter!r}: expected one character")
+        try:
+            codecs.lookup(spec.encoding)
+        except LookupError:
+            raise SchemaError(f"data.schema{where}.encoding={spec.encoding!r} is not an encoding Python knows "
+                              "(e.g. utf-8, latin-1)") from None
+    names = [(f"dense[{j}].column", d.column) for j, d in enumerate(schema.dense)]
+    names += [(f"sparse[{j}].name", s.name) for j, s in enumerate(schema.sparse)]
+    for key, name in names:
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise SchemaError(f"data.schema.{key}={name!r}: a feature name names shard files, so it must be "
+                              "non-empty and hold no '/', '\\' or NUL")
+    for j, dense in enumerate(schema.dense):
+        if not math.isfinite(dense.fill):
+            raise SchemaError(f"data.schema.dense[{j}].fill={dense.fill}: expected a finite number")
+    for j, sparse in enumerate(schema.sparse):
+        if sparse.max_length is not None and sparse.max_length < 1:
+            raise SchemaError(f"data.schema.sparse[{j}].max_length={sparse.max_length}: expected >= 1 (or null)")
+        if sparse.delimiter is not None and not sparse.delimiter:
+            raise SchemaError(f"data.schema.sparse[{j}].delimiter='': expected a non-empty separator (or null)")
+        if not sparse.columns:
+            raise SchemaError(f"data.schema.sparse[{j}].columns is empty: name at least one column")

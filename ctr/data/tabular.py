@@ -13,13 +13,15 @@ feature's `table` (shared vocabulary) or its name; so a value gets the same id i
 feature of one table, and different ids across tables.
 """
 
+import collections
 import csv
 import functools
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -27,7 +29,7 @@ from omegaconf import OmegaConf
 from ctr.data import shard_writer
 from ctr.data.ids import splitmix64, to_id
 from ctr.data.rows import BAG_PAD
-from ctr.data.schema import DelimitedFileConfig, Normalization, SchemaConfig, SparseConfig, SplitRule
+from ctr.data.schema import DelimitedFileConfig, Normalization, SchemaConfig, SparseConfig, SplitRule, check_schema
 from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardInput, ShardState
 from ctr.data.shards import SHUFFLE_BUFFER, SPLITS, ShardSource, SplitBy
 
@@ -54,7 +56,57 @@ def hash_ids(namespace: str, values: Sequence[str]) -> np.ndarray:
 def as_schema(schema) -> SchemaConfig:
     """The schema as typed dataclasses, checked against `SchemaConfig` (keys, types, choices),
     whether given as such, as a DictConfig or as a dict."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SchemaConfig), schema))
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SchemaConfig), schema))
+    check_schema(typed)
+    return typed
+
+
+class _Lines:
+    """Numbered text lines for `csv.reader`, with the lines of the current record kept, so that
+    a record can be read again from its second line."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines, self._pending, self._next = lines, collections.deque(), 1
+        self.taken: List[Tuple[int, str]] = []  # the (number, text) lines of the record being read
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        if self._pending:
+            item = self._pending.popleft()
+        else:
+            item = (self._next, next(self._lines))
+            self._next += 1
+        self.taken.append(item)
+        return item[1]
+
+    def take(self) -> List[Tuple[int, str]]:
+        """The lines read since the last call."""
+        taken, self.taken = self.taken, []
+        return taken
+
+    def push_back(self, lines: List[Tuple[int, str]]) -> None:
+        self._pending.extendleft(reversed(lines))
+
+
+class _Record(NamedTuple):
+    """A record's first line and fields; or, where no record could be read, no fields and the problem."""
+
+    line: int
+    fields: List[str]
+    problem: Optional[BadLine] = None
+
+
+def _unreadable(taken: List[Tuple[int, str]], error: csv.Error) -> _Record:
+    """The problem record of lines the csv module refused, or of a record that ran past its line."""
+    first = taken[0][0]
+    if len(taken) > 1:
+        problem = BadLine(first, "unbalanced quote", f"a quote opened on this line is not closed before line "
+                                                     f"{taken[-1][0]} ({error}); the lines after it are read as rows")
+    else:
+        problem = BadLine(first, "unparseable", f"unparseable line ({error})")
+    return _Record(first, [], problem)
 
 
 class _Table:
@@ -68,18 +120,34 @@ class _Table:
             first = next(self._records(), None)
             if first is None:
                 raise CsvFormatError(f"{path} is empty (data.schema{setting}.header=true expects a header line)")
-            self.columns = first[1]
+            if first.problem:
+                raise CsvFormatError(f"{path}:{first.line}: {first.problem.message}")
+            self.columns = first.fields
         elif spec.columns:
             self.columns = list(spec.columns)
         else:
             raise CsvFormatError(f"{path}: data.schema{setting}.header=false needs data.schema{setting}.columns")
 
-    def _records(self) -> Iterator[Tuple[int, List[str]]]:
+    def _records(self) -> Iterator[_Record]:
+        """Every record, numbered by its first line. A record spanning lines whose field count is
+        wrong, or that the csv module refuses, is a quote left open: it comes back as a problem
+        at its first line, and its later lines are read again as records of their own."""
         with open(self.path, "rb") as stream:
-            reader = csv.reader(self._decoded(stream), delimiter=self.spec.delimiter)
-            for fields in reader:
-                if fields:
-                    yield reader.line_num, fields
+            lines = _Lines(self._decoded(stream))
+            while True:
+                reader = csv.reader(lines, delimiter=self.spec.delimiter)
+                try:
+                    for fields in reader:
+                        if len(lines.taken) > 1 and len(fields) != len(getattr(self, "columns", fields)):
+                            raise csv.Error(f"{len(fields)} fields, expected {len(self.columns)}")
+                        taken = lines.take()
+                        if fields:
+                            yield _Record(taken[0][0], fields)
+                    return
+                except csv.Error as error:
+                    taken = lines.take()
+                    lines.push_back(taken[1:])
+                    yield _unreadable(taken, error)
 
     def _decoded(self, stream) -> Iterator[str]:
         """Lines decoded one at a time, so that an encoding error names its line."""
@@ -91,7 +159,7 @@ class _Table:
                 raise CsvFormatError(f"{self.path}:{number}: not valid {encoding} "
                                      f"(data.schema{self.setting}.encoding={encoding!r}): {error.reason}") from error
 
-    def records(self) -> Iterator[Tuple[int, List[str]]]:
+    def records(self) -> Iterator[_Record]:
         """Data records (the header skipped)."""
         records = self._records()
         if self.spec.header:
@@ -130,7 +198,9 @@ class _Layout:
             key = table.index(join.key, f"joins[{j}].key")
             on = main.index(join.join_column, f"joins[{j}].join_column")
             rows = {}
-            for _, fields in table.records():
+            for line, fields, problem in table.records():
+                if problem:
+                    raise CsvFormatError(f"{table.path}:{line}: {problem.message}")
                 rows.setdefault(fields[key] if key < len(fields) else "", fields)
             self.sides.append(_SideTable(table, on, rows, join.max_unmatched_fraction, empty=[""] * len(table.columns)))
             for i, column in enumerate(table.columns):
@@ -190,10 +260,7 @@ class _Features:
         """(label, dense values, single values, bag members, dense missing flags); ValueError names the problem."""
         label_rule = self.schema.label
         raw = _get(parts, self.label)
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"label column {label_rule.column} is {raw!r}, not a number") from None
+        value = _finite(raw, f"label column {label_rule.column}")
         if label_rule.threshold is None:
             if value not in (0.0, 1.0):
                 raise ValueError(f"label column {label_rule.column} is {raw!r}, not 0 or 1 (set data.schema.label.threshold)")
@@ -204,10 +271,7 @@ class _Features:
         for spec, where in zip(self.schema.dense, self.dense):
             raw = _get(parts, where)
             missing.append(raw == "")
-            try:
-                x = spec.fill if raw == "" else float(raw)
-            except ValueError:
-                raise ValueError(f"dense column {spec.column} is {raw!r}, not a number") from None
+            x = spec.fill if raw == "" else _finite(raw, f"dense column {spec.column}")
             dense.append(float(np.log1p(max(x, 0.0))) if spec.log1p else x)
         single = [self._category(s, _get(parts, self.columns[id(s)][0])) for s in self.single]
         bags = [self._members(s, parts) for s in self.bags]
@@ -216,10 +280,8 @@ class _Features:
     def _category(self, spec: SparseConfig, raw: str) -> str:
         if spec.boundaries is None or raw == "":
             return raw
-        try:
-            return f"bucket {int(np.searchsorted(spec.boundaries, float(raw), side='right'))}"
-        except ValueError:
-            raise ValueError(f"column {spec.columns[0]} of bucketised feature {spec.name} is {raw!r}, not a number") from None
+        x = _finite(raw, f"column {spec.columns[0]} of bucketised feature {spec.name}")
+        return f"bucket {int(np.searchsorted(spec.boundaries, x, side='right'))}"
 
     def _members(self, spec: SparseConfig, parts: List[List[str]]) -> List[str]:
         values = [_get(parts, where) for where in self.columns[id(spec)]]
@@ -228,6 +290,18 @@ class _Features:
         if spec.delimiter:
             values = [member for v in values for member in v.split(spec.delimiter)]
         return [self._category(spec, v.strip()) for v in values if v.strip()]
+
+
+def _finite(raw: str, what: str) -> float:
+    """`raw` as a finite number; nan and inf are refused like any other bad value, since one
+    of them would make the normalisation statistics, and then every loss, nan."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{what} is {raw!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is {raw!r}, not a finite number")
+    return value
 
 
 def _is_bag(spec: SparseConfig) -> bool:
@@ -335,7 +409,7 @@ class _Splitter:
     def _scan(self, files: List[Path], main: _Table) -> None:
         """First pass: the timestamp cut-off, then the keys of every non-test row."""
         records = [(path, i, fields) for path in files
-                   for i, (_, fields) in enumerate(_Table(path, main.spec, "").records())]
+                   for i, (_, fields, _) in enumerate(_Table(path, main.spec, "").records())]
         if self.timestamp is not None:
             stamps = np.array([_number(f, self.timestamp) for _, _, f in records], np.float64)
             valid = np.sort(stamps[~np.isnan(stamps)])
@@ -347,7 +421,7 @@ class _Splitter:
             rngs: Dict[Path, np.random.Generator] = {}
             for path, _, fields in records:
                 rng = rngs.setdefault(path, self._rng(files.index(path)))
-                if self._draw(path, fields, rng.random()) != "test":
+                if self._draw(path, fields, rng.random()) != "test" and fields:
                     self.seen.add(self._key(fields))
 
     def _rng(self, file_index: int) -> np.random.Generator:
@@ -443,14 +517,13 @@ class _CsvInput(ShardInput):
         """Blocks of up to `chunk_rows` rows per split as they fill, then each split's rest closing it."""
         blocks = {split: _Block() for split in SPLITS}
         width = len(self._main.columns)
-        for line, fields in table.records():
+        for line, fields, problem in table.records():
             split = self._splitter.assign(path, fields, rng.random())
-            problem = None
-            if len(fields) != width:
+            if problem is None and len(fields) != width:
                 problem = BadLine(line, "field count", f"{len(fields)} fields, expected {width}")
-            elif split is None:
-                continue
-            else:
+            if problem is None:
+                if split is None:
+                    continue
                 try:
                     label, dense, single, bags, missing = self._features.parse(self._layout.joined(fields))
                 except ValueError as error:
@@ -519,15 +592,16 @@ class _CsvInput(ShardInput):
 
 
 def csv_shards(path: str, schema, shuffle_buffer: int = SHUFFLE_BUFFER, seed: int = 0,
-               verify_checksums: bool = False) -> ShardSource:
+               verify_checksums: bool = True) -> ShardSource:
     """The RowSource of `data=<csv data set>`: its shards, split as preprocessing assigned the rows.
 
     Refuses shards written from another schema, so a changed schema is never trained on stale shards.
     """
+    expected = json.loads(json.dumps(asdict(as_schema(schema))))
     source = ShardSource(path, split_by=SplitBy.preprocessed, shuffle_buffer=shuffle_buffer, seed=seed,
                          verify_checksums=verify_checksums)
     written = source.meta.get("settings", {}).get("schema")
-    if written != json.loads(json.dumps(asdict(as_schema(schema)))):
+    if written != expected:
         raise CsvFormatError(f"{path} was not written from this data.schema; run launch/preprocess.py "
                              "data=<this data set> overwrite=true")
     return source

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ctr.parallel.planner import uses_uvm_caching
 from ctr.parallel.process_group import DistributedEnv
+from ctr.train.guards import check_finite_loss
 from ctr.train.scalars import Scalars, learning_rates, peak_memory_per_rank
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def train(
     The pipeline distributes batch i+1's sparse input while batch i computes, where the
     device has streams to overlap them (CUDA); on CPU it runs the same stages in order.
     The hooks' end-of-run work (`Hooks.finish`) runs last, not counted in the timings.
+    A nan or inf loss stops training (`check_finite_loss`) at the next log step, or before
+    the next checkpoint or validation, whichever comes first.
     """
     hooks = hooks or Hooks()
     model.train()
@@ -114,6 +117,7 @@ def train(
     window_samples = 0
     # Step losses stay on the device until a log step: reading each one would wait for its step.
     window_losses: List[torch.Tensor] = []
+    checked = start_step  # the loss is known finite up to this step
     while result.steps < total:
         try:
             loss, _, labels = pipeline.progress(iterator)
@@ -137,6 +141,8 @@ def train(
             recent = torch.stack(window_losses)
             window_losses.clear()
             mean_loss = _global_mean(recent)
+            check_finite_loss(mean_loss, step, recent)
+            checked = step
             result.losses.extend(recent.tolist())
             memory = peak_memory_per_rank(env.device)
             bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
@@ -149,6 +155,10 @@ def train(
                     step,
                 )
             window_start, window_samples = now, 0
+        elif hooks.eval_due(step) or hooks.checkpoint_due(step):
+            unchecked = torch.stack(window_losses[checked - step:])  # the steps since the last check
+            check_finite_loss(_global_mean(unchecked), step, unchecked)
+            checked = step
         if hooks.eval_due(step):
             pipeline.detach()  # evaluation calls the model's own forward
             stop = hooks.on_eval(step)

@@ -23,6 +23,7 @@ from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, training_config
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
+from ctr.train.guards import check_config, check_steps
 from ctr.train.loop import Hooks, TrainResult, train
 from ctr.train.metrics import auc_bins_setting
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
@@ -38,6 +39,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     """Trains and evaluates per `cfg`, writing the plan and metrics into `run_dir` (rank 0)."""
     # ctr's launcher stamps the job's start; under torchrun the rank's own start stands in.
     job_start = float(os.environ.get(JOB_START_ENV, time.time()))
+    check_config(cfg)
     quiet_library_noise()
     return in_process_group(lambda env: _run(cfg, run_dir, env, job_start), cfg.distributed.backend)
 
@@ -88,6 +90,8 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last, env.device, training_config(cfg))
     start_step = 0
     resume_from = checkpointer.resume_point(ckpt.resume, ckpt.allow_config_change)
+    check_steps(steps_per_epoch, source.num_rows("train"), trainer.batch_size, env.world_size, trainer.max_steps,
+                resume_from is not None)
     if resume_from is not None:
         start_step = checkpointer.load(resume_from, model, optimizer, scheduler, weights_only=ckpt.weights_only)
 
