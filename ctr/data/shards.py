@@ -53,7 +53,9 @@ class ShardSource:
         shuffle_buffer: int = SHUFFLE_BUFFER,
         seed: int = 0,
         verify_checksums: bool = False,
+        batch_size: int = 2048,
     ) -> None:
+        self.batch_size = batch_size  # the recommended per-rank batch size (`data.batch_size`)
         self._directory = Path(path)
         meta = read_meta(self._directory)
         self.meta = meta
