@@ -55,16 +55,34 @@ def test_a_derived_rule_must_be_exactly_one(tmp_path):
         _run(tmp_path, derived=[DerivedConfig(name="z", column="nope", prefix=3)])
 
 
-def test_other_columns_categorical_makes_each_unnamed_column_a_feature(tmp_path):
-    header = "click," + ",".join(f"c{i}" for i in range(23))
+AVAZU = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,device_id,"
+         "device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21").split(",")
+
+
+def test_an_avazu_like_file_needs_five_schema_lines(tmp_path):
+    # 24 columns, `hour` one value for every row (no usable timestamp): split in file order.
     rng = np.random.default_rng(0)
-    lines = [f"{i % 2}," + ",".join(str(rng.integers(0, 5)) for _ in range(23)) for i in range(40)]
-    _write(tmp_path / "wide.csv", lines, header=header)
-    # The whole schema of a 24-column file: label, one dense column, one ignored, the rest categorical.
-    schema = SchemaConfig(root=str(tmp_path), files=["wide.csv"], label=LabelConfig(column="click"),
-                          dense=[DenseConfig(column="c0")], ignore=["c1"], other_columns="categorical")
+    lines = [",".join([str(i), str(int(rng.random() < 0.3)), "14102100"] +
+                      [f"{c}{rng.integers(0, 6)}" for c in AVAZU[3:]]) for i in range(100)]
+    _write(tmp_path / "avazu.csv", lines, header=",".join(AVAZU))
+    schema = SchemaConfig(root=str(tmp_path), files=["avazu.csv"],
+                          label=LabelConfig(column="click"),
+                          ignore=["id", "hour"],
+                          other_columns="categorical",
+                          split=SplitConfig(by="order", test_ratio=0.2, val_ratio=0.1, val_by="order"))
     meta = preprocess_csv(schema, str(tmp_path / "out"), progress_bar=False)
-    assert meta["dense"] == ["c0"] and meta["sparse"] == [f"c{i}" for i in range(2, 23)]
+    assert meta["dense"] == [] and meta["sparse"] == AVAZU[3:]
+    assert {s: c["rows"] for s, c in meta["splits"].items()} == {"train": 72, "val": 8, "test": 20}
+    source = _source(tmp_path)
+    first_test = source.rows("test", 0, 1).ids[0, AVAZU[3:].index("C1")]
+    assert first_test == hash_ids("C1", [lines[80].split(",")[3]])[0]  # test starts at row 80 of the file
+
+
+def test_other_columns_skip_the_named_ones(tmp_path):
+    meta = _run(tmp_path, other_columns="categorical", dense=[DenseConfig(column="rating")],
+                derived=[DerivedConfig(name="zip3", column="zip", prefix=3)], ignore=["zip"],
+                label=LabelConfig(column="rating", threshold=4))
+    assert meta["dense"] == ["rating"] and meta["sparse"] == ["user", "released", "zip3"]
 
 
 def test_ignore_names_a_column_that_exists(tmp_path):
