@@ -202,9 +202,9 @@ def _log_data_size(source, batch_size: int, world_size: int, steps_per_epoch: in
     else:
         log.info("splits: %s", ", ".join(f"{s} {source.num_rows(s):,} rows" for s in ("train", "val", "test")))
     if steps_per_epoch < FEW_STEPS_PER_EPOCH:
-        log.warning("an epoch is only %d steps (%d train rows, batch %d per rank × %d ranks): lower "
-                    "trainer.batch_size, or give the data config a smaller data.batch_size",
-                    steps_per_epoch, source.num_rows("train"), batch_size, world_size)
+        log.warning("an epoch is only %d steps (%d train rows, batch %d per rank × %d ranks; the data config "
+                    "recommends %d): lower trainer.batch_size, or the data config's data.batch_size",
+                    steps_per_epoch, source.num_rows("train"), batch_size, world_size, source.batch_size)
 
 
 def _disk_bytes(directory: Path) -> int:

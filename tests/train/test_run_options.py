@@ -49,7 +49,7 @@ def test_validation_per_epoch_checkpoints_kept_as_configured_and_the_run_size_re
     # 640 rows at batch 32: 20 steps an epoch, validated after each (steps 20, 40, 60), once each.
     assert [line.split("step ")[1].split()[0] for line in output.splitlines() if "validation AUC" in line] == \
         ["20", "40", "60"]
-    assert "an epoch is only 20 steps (640 train rows, batch 32 per rank × 1 ranks)" in output
+    assert "an epoch is only 20 steps (640 train rows, batch 32 per rank × 1 ranks; the data config recommends 2048)" in output
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best", "step_000000060"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     files = sum(f.stat().st_size for f in (run_dir / "checkpoints").rglob("*") if f.is_file())
