@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import II, MISSING, OmegaConf
 
 from ctr.data.schema import SchemaConfig
 from ctr.data.shard_writer import CHUNK_ROWS, SHARD_ROWS, BadRowPolicy
@@ -142,6 +142,12 @@ class ExportPrecision(Choice):
     int4 = auto()
 
 
+class EvalEvery(Choice):
+    """`trainer.eval_every`: validate at the end of every epoch (null: every `eval_every_steps`)."""
+
+    epoch = auto()
+
+
 class Split(Choice):
     """A data split."""
 
@@ -164,6 +170,7 @@ class SyntheticDataConfig:
     val_rows: int = 50_000
     test_rows: int = 100_000
     seed: int = 0
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -181,6 +188,7 @@ class CriteoDataConfig:
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
     verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -194,6 +202,7 @@ class CsvDataConfig:
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
     verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -458,7 +467,9 @@ class OptimizerConfig:
 class TrainerConfig:
     """`configs/trainer/*.yaml`: batch sizes, duration, evaluation and logging cadence.
 
-    Validation runs every `eval_every_steps` (and at the end); `best_metric` picks the
+    `batch_size` is per rank; by default the data config's recommendation (`data.batch_size`).
+    Validation runs every epoch with `eval_every: epoch`, else every `eval_every_steps`
+    (and at the end either way); `best_metric` picks the
     best checkpoint and drives early stopping after `early_stopping_patience` evaluations
     without improvement (null: never stop early). `dense_precision` bf16 runs the dense
     tower under autocast (fp32 master weights; tables keep `embedding.precision`). `auc`:
@@ -466,12 +477,13 @@ class TrainerConfig:
     class: fixed memory, for large splits).
     """
 
-    batch_size: int = 2048  # per rank
+    batch_size: int = II("data.batch_size")  # per rank
     eval_batch_size: int = 8192  # per rank
     epochs: int = 1
     max_steps: Optional[int] = None
     log_every_steps: int = 50
     progress_bar: bool = True
+    eval_every: Optional[EvalEvery] = None
     eval_every_steps: Optional[int] = None
     best_metric: BestMetric = BestMetric.auc
     early_stopping_patience: Optional[int] = None

@@ -62,7 +62,7 @@ class _CriteoInput(ShardInput):
 
     def start(self) -> Dict[str, object]:
         return {"file_index": 0, "offset": 0, "line": 1, "negative": [0] * len(self.dense),
-                "raw_max": [0] * len(self.dense)}
+                "raw_max": [0] * len(self.dense), "shard_positives": []}
 
     def files(self, state: ShardState, room: Room) -> Iterator[FileBlocks]:
         position = state.source
@@ -88,6 +88,7 @@ class _CriteoInput(ShardInput):
                         "the file cannot be read or counted, so it is refused even under on_bad_row=skip: "
                         "fetch the file again"
                     )
+                _count_positives(position["shard_positives"], len(state.shards), parsed.labels)
                 position["offset"] += sum(len(line) for line in lines)
                 position["line"] += len(lines)
                 yield self._block(parsed, position)
@@ -112,6 +113,7 @@ class _CriteoInput(ShardInput):
         position, top, rows = state.source, state.heavy.top(_TOP_IDS), state.rows
         return {
             "files": [{"name": f.path.name, "day": f.day, "bytes": f.path.stat().st_size} for f in self._files],
+            "shard_positives": position["shard_positives"],
             "stats": {
                 "label": {"positives": state.positives, "positive_rate": state.positives / rows},
                 "dense": {name: {"negative_clamped": position["negative"][j], "max_raw": position["raw_max"][j]}
@@ -121,3 +123,11 @@ class _CriteoInput(ShardInput):
                 "top_ids_count_error_at_most": state.heavy.error_bound(),
             },
         }
+
+
+def _count_positives(counts: list, shard: int, labels: np.ndarray) -> None:
+    """Adds a block's positives to its shard's count (a block never spans shards: it is cut to the
+    shard's room), so that any split of whole shards is counted without reading it
+    (`ShardSource.split_counts`)."""
+    counts.extend([0] * (shard + 1 - len(counts)))
+    counts[shard] += int(labels.sum())

@@ -58,7 +58,9 @@ class ShardSource:
         shuffle_buffer: int = SHUFFLE_BUFFER,
         seed: int = 0,
         verify_checksums: bool = True,
+        batch_size: int = 2048,
     ) -> None:
+        self.batch_size = batch_size  # the recommended per-rank batch size (`data.batch_size`)
         self._directory = Path(path)
         meta = read_meta(self._directory)
         self.meta = meta
@@ -93,6 +95,21 @@ class ShardSource:
         if split not in self._segments:
             raise KeyError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         return int(self._segments[split][2][-1])
+
+    def split_counts(self) -> Dict[str, Dict[str, int]]:
+        """Rows and positives per split, as CSV meta.json's `splits`: whole shards from meta.json's
+        `shard_positives` (Criteo) where recorded, any other piece by reading its labels."""
+        recorded = self.meta.get("shard_positives")
+        counts = {}
+        for split, (shards, firsts, offsets) in self._segments.items():
+            positives = 0
+            for shard, first, rows in zip(shards.tolist(), firsts.tolist(), np.diff(offsets).tolist()):
+                if recorded is not None and first == 0 and rows == self._shard_rows[shard]:
+                    positives += recorded[shard]
+                else:
+                    positives += int(self._open_shard(shard)["label"][first:first + rows].sum(dtype=np.float64))
+            counts[split] = {"rows": int(offsets[-1]), "positives": positives}
+        return counts
 
     def rows(self, split: str, start: int, stop: int) -> Rows:
         """Rows [start, stop) of `split` in its (shuffled, for train) order."""
