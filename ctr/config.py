@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import II, MISSING, OmegaConf
 
 from ctr.data.schema import SchemaConfig
 from ctr.data.shard_writer import CHUNK_ROWS, SHARD_ROWS, BadRowPolicy
@@ -145,6 +145,12 @@ class ExportPrecision(Choice):
     int4 = auto()
 
 
+class EvalEvery(Choice):
+    """`trainer.eval_every`: validate at the end of every epoch (null: every `eval_every_steps`)."""
+
+    epoch = auto()
+
+
 class Split(Choice):
     """A data split."""
 
@@ -167,6 +173,7 @@ class SyntheticDataConfig:
     val_rows: int = 50_000
     test_rows: int = 100_000
     seed: int = 0
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -183,7 +190,8 @@ class CriteoDataConfig:
     test_days: List[int] = field(default_factory=lambda: [23])
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -196,7 +204,8 @@ class CsvDataConfig:
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -213,7 +222,7 @@ class PreprocessConfig:
     sparse_columns: Optional[List[str]] = None  # null: all of C1..C26
     shard_rows: int = SHARD_ROWS  # rows per shard
     chunk_rows: int = CHUNK_ROWS  # lines parsed at a time
-    overwrite: bool = False
+    overwrite: bool = False  # true: removes the files a previous run in `output` listed (only those), then starts over
     progress_bar: bool = True
     data: Optional[CsvDataConfig] = None
 
@@ -478,7 +487,9 @@ class OptimizerConfig:
 class TrainerConfig:
     """`configs/trainer/*.yaml`: batch sizes, duration, evaluation and logging cadence.
 
-    Validation runs every `eval_every_steps` (and at the end); `best_metric` picks the
+    `batch_size` is per rank; by default the data config's recommendation (`data.batch_size`).
+    Validation runs every epoch with `eval_every: epoch`, else every `eval_every_steps`
+    (and at the end either way); `best_metric` picks the
     best checkpoint and drives early stopping after `early_stopping_patience` evaluations
     without improvement (null: never stop early). `dense_precision` bf16 runs the dense
     tower under autocast (fp32 master weights; tables keep `embedding.precision`). `auc`:
@@ -486,12 +497,13 @@ class TrainerConfig:
     class: fixed memory, for large splits).
     """
 
-    batch_size: int = 2048  # per rank
+    batch_size: int = II("data.batch_size")  # per rank
     eval_batch_size: int = 8192  # per rank
     epochs: int = 1
     max_steps: Optional[int] = None
     log_every_steps: int = 50
     progress_bar: bool = True
+    eval_every: Optional[EvalEvery] = None
     eval_every_steps: Optional[int] = None
     best_metric: BestMetric = BestMetric.auc
     early_stopping_patience: Optional[int] = None

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Optional, Sequence
 import numpy as np
 
 from ctr.data import criteo, shard_writer
-from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardInput, ShardState
+from ctr.data.shard_writer import Block, FileBlocks, Room, ShardInput, ShardState
 
 _TOP_IDS = 10
 
@@ -62,7 +62,7 @@ class _CriteoInput(ShardInput):
 
     def start(self) -> Dict[str, object]:
         return {"file_index": 0, "offset": 0, "line": 1, "negative": [0] * len(self.dense),
-                "raw_max": [0] * len(self.dense)}
+                "raw_max": [0] * len(self.dense), "shard_positives": []}
 
     def files(self, state: ShardState, room: Room) -> Iterator[FileBlocks]:
         position = state.source
@@ -79,15 +79,20 @@ class _CriteoInput(ShardInput):
             while True:
                 lines, stream_error = criteo.read_lines(stream, min(self._chunk_rows, room(None)))
                 parsed = criteo.parse_lines(lines, position["line"], self._log1p)
-                bad = list(parsed.problems)
-                if stream_error:
-                    bad.append(BadLine(position["line"] + len(lines), "truncated gzip", stream_error))
-                for problem in bad:
+                for problem in parsed.problems:
                     state.record_bad(file.path, problem, self._policy, criteo.CriteoFormatError)
+                if stream_error:
+                    # The rows lost past the break cannot be counted, so no policy can account for them.
+                    raise criteo.CriteoFormatError(
+                        f"{file.path}: {stream_error} after line {position['line'] + len(lines) - 1}; the rest of "
+                        "the file cannot be read or counted, so it is refused even under on_bad_row=skip: "
+                        "fetch the file again"
+                    )
+                _count_positives(position["shard_positives"], len(state.shards), parsed.labels)
                 position["offset"] += sum(len(line) for line in lines)
                 position["line"] += len(lines)
                 yield self._block(parsed, position)
-                if stream_error or not lines:
+                if not lines:
                     return
 
     def _block(self, parsed: criteo.ParsedLines, position: dict) -> Block:
@@ -108,6 +113,7 @@ class _CriteoInput(ShardInput):
         position, top, rows = state.source, state.heavy.top(_TOP_IDS), state.rows
         return {
             "files": [{"name": f.path.name, "day": f.day, "bytes": f.path.stat().st_size} for f in self._files],
+            "shard_positives": position["shard_positives"],
             "stats": {
                 "label": {"positives": state.positives, "positive_rate": state.positives / rows},
                 "dense": {name: {"negative_clamped": position["negative"][j], "max_raw": position["raw_max"][j]}
@@ -117,3 +123,11 @@ class _CriteoInput(ShardInput):
                 "top_ids_count_error_at_most": state.heavy.error_bound(),
             },
         }
+
+
+def _count_positives(counts: list, shard: int, labels: np.ndarray) -> None:
+    """Adds a block's positives to its shard's count (a block never spans shards: it is cut to the
+    shard's room), so that any split of whole shards is counted without reading it
+    (`ShardSource.split_counts`)."""
+    counts.extend([0] * (shard + 1 - len(counts)))
+    counts[shard] += int(labels.sum())

@@ -7,9 +7,8 @@ preprocessing measured on the train split, as the shard reader applies it. The l
 optional: rows without it are scored as if it were 0.
 """
 
-import csv
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -18,19 +17,21 @@ import numpy as np
 from ctr.data import criteo
 from ctr.data.rows import Rows
 from ctr.data.shard_writer import BadLine
-from ctr.data.tabular import CsvFormatError, RecordParser, as_schema
+from ctr.data.tabular import RecordParser, as_schema, read_records
 
 
 @dataclass
 class Chunk:
     """Consecutive raw rows of one input: `records` in the pipeline's own form (Criteo: lines
     as bytes; a schema: lists of fields) with their 1-based line numbers; `columns`: the
-    records' column names, the label among them only if they carry it."""
+    records' column names, the label among them only if they carry it; `unread`: by line, the
+    records that could not be read (their fields empty)."""
 
     origin: str
     records: list
     lines: List[int]
     columns: List[str]
+    unread: Dict[int, BadLine] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,26 +159,17 @@ class SchemaPipeline(FeaturePipeline):
         self._parsers: Dict[tuple, RecordParser] = {}
 
     def chunks(self, path: Path, batch_size: int) -> Iterator[Chunk]:
-        spec = self._schema
-        with open(path, newline="", encoding=spec.encoding) as stream:
-            reader = csv.reader(stream, delimiter=spec.delimiter)
-            columns = list(spec.columns)
-            if spec.header:
-                columns = next(reader, None)
-                if columns is None:
-                    raise CsvFormatError(f"{path} is empty (the schema expects a header line)")
-            records, lines = [], []
-            try:
-                for fields in reader:
-                    if fields:
-                        records.append(fields), lines.append(reader.line_num)
-                    if len(records) == batch_size:
-                        yield Chunk(str(path), records, lines, columns)
-                        records, lines = [], []
-            except UnicodeDecodeError as error:
-                raise CsvFormatError(f"{path}:{reader.line_num + 1}: not valid {spec.encoding}: {error.reason}") from error
-            if records:
-                yield Chunk(str(path), records, lines, columns)
+        columns, records = read_records(path, self._schema)
+        chunk = Chunk(str(path), [], [], columns)
+        for line, fields, problem in records:
+            chunk.records.append(fields), chunk.lines.append(line)
+            if problem is not None:
+                chunk.unread[line] = problem
+            if len(chunk.records) == batch_size:
+                yield chunk
+                chunk = Chunk(str(path), [], [], columns)
+        if chunk.records:
+            yield chunk
 
     def from_dicts(self, rows: Sequence[Mapping]) -> Chunk:
         columns = list(dict.fromkeys(name for row in rows for name in row))
@@ -195,7 +187,8 @@ class SchemaPipeline(FeaturePipeline):
         columns, records = chunk.columns, chunk.records
         if label not in columns:
             columns, records = [*columns, label], [[*fields, "0"] for fields in records]
-        values, problems = self._parser(columns).parse(zip(chunk.lines, records))
+        unread = [chunk.unread.get(line) for line in chunk.lines]
+        values, problems = self._parser(columns).parse(zip(chunk.lines, records, unread))
         n = len(values["label"])
         rows = Rows(
             dense=np.stack([values[name] for name in self.dense_names], 1) if self.dense_names

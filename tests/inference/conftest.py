@@ -22,7 +22,8 @@ SPARROW = SHARED_DATA / "sparrowrecsys"
 SPARROW_FILES = ["alt-regenerated-testsamples/testSamples_lizhzh8.csv",
                  "alt-regenerated-testsamples/testSamples_xiaokunliu.csv", "testSamples.csv"]
 # A generic CSV: ratings joined with a users table, a log1p/minmax dense column, a delimited bag,
-# a bag of three columns sharing the genre table, and a joined categorical.
+# a bag of three columns sharing the genre table, a joined categorical, and derived columns (a prefix,
+# a cross of a main and a joined column).
 GENERIC_SCHEMA = [
     "data.schema.files=[ratings.csv]",
     "data.schema.delimiter=','",
@@ -34,7 +35,9 @@ GENERIC_SCHEMA = [
     "data.schema.sparse=[{name: user, columns: [user]}, {name: movie, columns: [movie]},"
     " {name: country, columns: [country]},"
     " {name: movieGenres, columns: [genres], delimiter: '|', max_length: 3, table: genre},"
-    " {name: userGenres, columns: [g1, g2, g3], table: genre}]",
+    " {name: userGenres, columns: [g1, g2, g3], table: genre},"
+    " {name: tsPrefix, columns: [tsPrefix]}, {name: userCountry, columns: [userCountry]}]",
+    "data.schema.derived=[{name: tsPrefix, column: ts, prefix: 2}, {name: userCountry, cross: [user, country]}]",
     "data.schema.split={by: timestamp, timestamp_column: ts, test_ratio: 0.2, val_ratio: 0.1}",
 ]
 

@@ -52,6 +52,20 @@ def test_raw_criteo_rows_score_as_their_preprocessed_rows(criteo):
     np.testing.assert_allclose(predictor.predict(dicts), expected, rtol=0, atol=1e-6)
 
 
+def test_raw_schema_rows_with_derived_columns_score_as_their_preprocessed_rows(generic):
+    """The generic layout's derived columns (a timestamp prefix; a cross with a joined column) are
+    computed from the raw file as preprocessing computed them: its test split (the latest 20% by
+    timestamp, in file order) scores from the raw text as from the shards."""
+    trained = load_trained(generic.run_dir)
+    count = trained.source.num_rows("test")
+    expected = _trained_probabilities(trained, trained.source.rows("test", 0, count))
+    stamps = [int(line.split(",")[3]) for line in generic.raw.read_text().splitlines()[1:]]
+    test = np.sort(np.argsort(stamps, kind="stable")[len(stamps) - count:])
+    predictor = load(generic.artifact)
+    chunk = next(predictor.pipeline.chunks(generic.raw, 10_000))
+    np.testing.assert_allclose(predictor.score(chunk)[0][test], expected, rtol=0, atol=1e-6)
+
+
 def test_dict_rows_with_bad_fields_follow_on_bad_row(criteo):
     predictor = load(criteo.artifact)
     good = {"I1": "3", "I2": "", "C1": "68fd1e64"}
