@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from ctr.data.parallel_preprocess import PART_BYTES
 from ctr.data.schema import SchemaConfig
 from ctr.data.shard_writer import CHUNK_ROWS, SHARD_ROWS, BadRowPolicy
 from ctr.data.shards import SHUFFLE_BUFFER, SplitBy
@@ -212,6 +213,8 @@ class PreprocessConfig:
     chunk_rows: int = CHUNK_ROWS  # lines parsed at a time
     overwrite: bool = False
     progress_bar: bool = True
+    workers: int = 1  # local processes writing parts at once (under torchrun: every rank is one worker)
+    part_bytes: int = PART_BYTES  # a file is cut into parts of this many bytes (a gzipped file: one part)
     data: Optional[CsvDataConfig] = None
 
 

@@ -34,7 +34,7 @@ PROGRESS_FILE = "progress.npz"
 # (the lines being parsed), whatever the input size: about 135 MB with these values.
 SHARD_ROWS = 262_144
 CHUNK_ROWS = 16_384
-_EXAMPLES_KEPT = 20
+EXAMPLES_KEPT = 20
 
 
 class BadRowPolicy(StrEnum):
@@ -129,7 +129,7 @@ class ShardState:
         if policy == BadRowPolicy.error:
             raise error(f"{path}:{bad.line}: {bad.message}{hint}")
         self.bad[bad.kind] = self.bad.get(bad.kind, 0) + 1
-        if len(self.examples) < _EXAMPLES_KEPT:
+        if len(self.examples) < EXAMPLES_KEPT:
             self.examples.append(f"{path}:{bad.line}: {bad.message}")
 
 
@@ -208,30 +208,43 @@ def write_shards(
     writers = {split: ShardWriter(out, source.columns, shard_rows, state, split) for split in source.splits}
     started, rows_before = time.perf_counter(), state.rows
     bar = tqdm(initial=state.rows, unit=" rows", unit_scale=True, disable=not progress_bar, desc="preprocess")
+    write_blocks(source, state, writers, bar.update)
+    bar.close()
+    return write_meta(out, source, fingerprint, state, state.rows - rows_before, time.perf_counter() - started)
+
+
+def write_meta(out: Path, source: ShardInput, fingerprint: str, state: ShardState, rows_this_run: int,
+               seconds: float, **last_run: Any) -> dict:
+    """Checks the finished state, writes meta.json (last, so the directory becomes valid) and returns it;
+    `last_run` adds figures of this run (timings: the only part that differs between identical runs)."""
+    if not state.rows:
+        raise source.error(f"{source.description}: no valid rows ({sum(state.bad.values())} bad rows skipped); "
+                           "nothing written")
+    source.check(state)
+    meta = _merged(_common_meta(source, fingerprint, state), source.meta(state))
+    meta["last_run"] = {"rows": rows_this_run, "seconds": round(seconds, 3),
+                        "rows_per_second": round(rows_this_run / max(seconds, 1e-9)), **last_run}
+    write_json_atomic(out / META_FILE, meta)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    _log_summary(out, meta)
+    return meta
+
+
+def write_blocks(source: ShardInput, state: ShardState, writers: Dict[Optional[str], "ShardWriter"],
+                 on_rows: Callable[[int], Any]) -> None:
+    """Counts and writes every block the source yields from `state` on, file by file (each
+    file's shards flushed before the next); `on_rows(n)` follows the progress."""
     for file, day, blocks in source.files(state, lambda split: writers[split].room()):
         for block in blocks:
             rows = len(block.columns["label"])
             if rows:
                 state.count(block, source.sparse)
                 writers[block.split].add(block.columns, file, day)
-                bar.update(rows)
+                on_rows(rows)
             if block.closes_split:
                 writers[block.split].flush(file, day)
         for writer in writers.values():
             writer.flush(file, day)
-    bar.close()
-    if not state.rows:
-        raise source.error(f"{source.description}: no valid rows ({sum(state.bad.values())} bad rows skipped); "
-                           "nothing written")
-    source.check(state)
-    meta = _merged(_common_meta(source, fingerprint, state), source.meta(state))
-    seconds = time.perf_counter() - started
-    meta["last_run"] = {"rows": state.rows - rows_before, "seconds": round(seconds, 3),
-                        "rows_per_second": round((state.rows - rows_before) / max(seconds, 1e-9))}
-    write_json_atomic(out / META_FILE, meta)
-    (out / PROGRESS_FILE).unlink(missing_ok=True)
-    _log_summary(out, meta)
-    return meta
 
 
 def input_fingerprint(paths: Sequence[Path], settings: dict) -> str:

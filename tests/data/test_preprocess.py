@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from ctr.data.parallel_preprocess import PARTS_DIR
 from ctr.data.preprocess import preprocess
 from ctr.data.shard_format import InvalidShardDirectory, read_meta
 from ctr.data.shard_writer import PROGRESS_FILE
@@ -58,11 +59,12 @@ def test_a_run_killed_midway_leaves_no_valid_directory_and_resumes_to_the_same_s
     out = tmp_path / "out"
     proc = _child(str(path), str(out), "1000")
     deadline = time.monotonic() + 60
-    while not (out / PROGRESS_FILE).exists() and time.monotonic() < deadline:
+    progress = out / PARTS_DIR / "00000" / PROGRESS_FILE
+    while not progress.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / PROGRESS_FILE).exists() and not (out / "meta.json").exists(), "the kill came too late to test"
+    assert progress.exists() and not (out / "meta.json").exists(), "the kill came too late to test"
     with pytest.raises(InvalidShardDirectory, match="no meta.json.*unfinished"):
         ShardSource(str(out))
 
@@ -71,7 +73,7 @@ def test_a_run_killed_midway_leaves_no_valid_directory_and_resumes_to_the_same_s
     assert resumed["last_run"]["rows"] < 30_000
     for key in ("num_rows", "shards", "stats", "bad_rows"):
         assert resumed[key] == clean[key]
-    assert not (out / PROGRESS_FILE).exists() and not list(out.glob("*.tmp"))
+    assert not (out / PARTS_DIR).exists() and not list(out.glob("*.tmp"))
     ShardSource(str(out), verify_checksums=True)
 
 
