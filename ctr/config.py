@@ -471,6 +471,7 @@ class TrainerConfig:
 
     batch_size: int = 2048  # per rank
     eval_batch_size: int = 8192  # per rank
+    reader_workers: int = 0  # processes building training batches per rank (0: a background thread)
     epochs: int = 1
     max_steps: Optional[int] = None
     log_every_steps: int = 50
