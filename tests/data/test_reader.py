@@ -2,7 +2,11 @@
 reader continues at the exact row, each epoch has its own order, the last partial step trains,
 and Criteo days stream through a bounded window."""
 
+import json
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,9 @@ from ctr.data.preprocess import preprocess
 from ctr.data.reader import TrainBatches, batches, train_batches, train_steps_per_epoch
 from ctr.data.shard_format import shard_file
 from ctr.data.shards import ShardSource
+from tests.conftest import REPO
 from tests.data.criteo_files import criteo_lines, write_criteo
+from tests.hydra_config import ON_CPU, TINY_MODEL
 
 
 def _same(transform):
@@ -116,3 +122,21 @@ def test_days_0_to_22_stream_through_a_bounded_window_with_the_rows_of_an_unstre
     bound = 6 * window * row_bytes + 64 * 40 * 1024
     assert peak < bound < len(first) * row_bytes / 2, f"peak {peak} bytes"
     assert [_index(b) for b in batches(source, "test", 2000, 0, 1, False)][0] == list(range(230_000, 232_000))
+
+
+def test_training_through_reader_workers_matches_the_background_thread(shards, tmp_path):
+    """`launch/train.py` on two ranks, two epochs: the same figures with 2 reader workers per rank as with none."""
+    metrics = {}
+    for workers in (0, 2):
+        run_dir = tmp_path / f"workers{workers}"
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "launch/train.py",
+             "data=criteo", f"data.path={shards}", "data.shuffle_buffer=256", "trainer.epochs=2",
+             f"trainer.reader_workers={workers}", *TINY_MODEL, *ON_CPU, f"hydra.run.dir={run_dir}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        metrics[workers] = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics[0]["train_steps"] == 2 * 25  # 1600 train rows, 2 ranks x 32
+    for key in ("test_auc", "test_log_loss", "val_auc"):
+        assert metrics[2][key] == metrics[0][key], key
