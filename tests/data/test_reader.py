@@ -17,7 +17,7 @@ from ctr.data.reader import TrainBatches, batches, train_batches, train_steps_pe
 from ctr.data.shard_format import shard_file
 from ctr.data.shards import ShardSource
 from tests.conftest import REPO
-from tests.data.criteo_files import criteo_lines, write_criteo
+from tests.data.criteo_files import criteo_lines, indexed_shards, write_criteo
 from tests.hydra_config import ON_CPU, TINY_MODEL
 
 
@@ -32,10 +32,7 @@ def _index(batch) -> list:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("reader")
-    path = write_criteo(tmp / "train.txt", criteo_lines(2000, seed=8))
-    preprocess(str(path), str(tmp / "out"), log1p=False, shard_rows=500, progress_bar=False)
-    return tmp / "out"
+    return indexed_shards(tmp_path_factory.mktemp("reader"), 2000, seed=8, shard_rows=500)
 
 
 def _source(shards) -> ShardSource:
