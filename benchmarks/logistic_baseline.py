@@ -1,26 +1,37 @@
-"""Trivial baselines for a shard directory's test AUC: a constant predictor and logistic regression.
+"""Trivial baselines for a data config's test AUC: a constant predictor and logistic regression.
 
-    .venv/bin/python benchmarks/logistic_baseline.py outputs/shards/criteo-kaggle-10k [--num-embeddings 100000]
-    .venv/bin/python benchmarks/logistic_baseline.py outputs/shards/movielens100k
+    .venv/bin/python benchmarks/logistic_baseline.py data=criteo_kaggle10k
+    .venv/bin/python benchmarks/logistic_baseline.py data=movielens100k --epochs 5
+    .venv/bin/python benchmarks/logistic_baseline.py data=criteo data.split_by=day data.path=outputs/shards/days
 
-Same splits and same features as `launch/train.py` on those shards (ratio splits for
-Criteo shards, the preprocessed splits for CSV shards): the dense features, and one
-weight per hashed id (id modulo the table size), summed over a bag's ids, shared by the
-features of a shared table. Plain PyTorch on one process; the epoch with the best
-validation AUC is scored on the test split (the last epoch when there is no val split).
+The arguments are `launch/train.py`'s overrides: the data config is composed and its source
+built exactly as training builds it, so the baseline scores the same splits (ratios, days,
+files, order, timestamp: whatever the config says) and the same features: the dense
+features, and one weight per hashed id (id modulo `embedding.num_embeddings` or its
+per-feature setting), summed over a bag's ids, shared by the features of a shared table.
+It trains at the config's `trainer.batch_size` (the data's recommendation unless set).
+Plain PyTorch on one process; the epoch with the best validation AUC is scored on the test
+split (the last epoch when there is no val split). It prints the rows and positives of
+each split it used.
 """
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from ctr.config import group_overrides, register_configs
 from ctr.data.reader import batches
-from ctr.data.shards import ShardSource
 from ctr.features.hashing import ModuloHashing, feature_table_sizes
 from ctr.features.tables import embedding_bag_configs
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class LogisticRegression(torch.nn.Module):
@@ -37,7 +48,7 @@ class LogisticRegression(torch.nn.Module):
         return self.dense(batch.dense_features).squeeze(1) + self.weights(batch.sparse_features).values().sum(1)
 
 
-def _scores(model: LogisticRegression, source: ShardSource, split: str, hashing: ModuloHashing):
+def _scores(model: LogisticRegression, source, split: str, hashing: ModuloHashing):
     with torch.no_grad():
         parts = [(model(hashing(b)), b.labels) for b in batches(source, split, 8192, 0, 1, drop_last=False)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
@@ -49,8 +60,7 @@ def _log_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("shards")
-    parser.add_argument("--num-embeddings", type=int, default=100_000, help="as embedding.num_embeddings")
+    parser.add_argument("overrides", nargs="+", help="launch/train.py overrides, e.g. data=criteo_kaggle10k")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--l2", type=float, default=1e-5)
@@ -58,18 +68,22 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
-    csv = "split" in ShardSource(args.shards, shuffle_buffer=0).meta["shards"][0]
-    # Train rows in one seeded shuffled order, as training reads them.
-    source = ShardSource(args.shards, split_by="preprocessed" if csv else "ratio", seed=args.seed)
-    sizes = feature_table_sizes(source.sparse_names, args.num_embeddings, {}, source.shared_tables)
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=group_overrides(args.overrides))
+    source = instantiate(cfg.data)
+    batch_size = cfg.trainer.batch_size
+    shared = getattr(source, "shared_tables", {})
+    sizes = feature_table_sizes(source.sparse_names, cfg.embedding.num_embeddings,
+                                dict(cfg.embedding.num_embeddings_per_feature), shared)
     hashing = ModuloHashing(sizes)
-    tables = embedding_bag_configs(hashing.table_rows(), {name: 1 for name in sizes}, "fp32", source.shared_tables)
+    tables = embedding_bag_configs(hashing.table_rows(), {name: 1 for name in sizes}, "fp32", shared)
     model = LogisticRegression(len(source.dense_names), EmbeddingBagCollection(tables=tables))
     optimizer = torch.optim.Adagrad(model.parameters(), lr=args.lr)
     has_val = source.num_rows("val") > 0
     best = (-1.0, None, None)
     for epoch in range(args.epochs):
-        for batch in batches(source, "train", 256, 0, 1, drop_last=False):
+        for batch in batches(source, "train", batch_size, 0, 1, drop_last=False):
             batch = hashing(batch)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
             loss = loss + args.l2 * sum((p**2).sum() for p in model.parameters())
@@ -82,11 +96,14 @@ def main() -> None:
         if not has_val or val_auc > best[0]:
             logits, labels = _scores(model, source, "test", hashing)
             best = (val_auc if has_val else None, binary_auroc(logits, labels.long()).item(), _log_loss(logits, labels))
-    _, test_labels = _scores(model, source, "test", hashing)
-    train_rate = float(_scores(model, source, "train", hashing)[1].mean())
+    labels = {split: _scores(model, source, split, hashing)[1] for split in ("train", "val", "test")
+              if source.num_rows(split)}
+    test_labels, train_rate = labels["test"], float(labels["train"].mean())
     constant = binary_auroc(torch.full_like(test_labels, train_rate), test_labels.long()).item()
     print(json.dumps({
-        "test_rows": len(test_labels), "test_positive_rate": round(float(test_labels.mean()), 4),
+        "splits": {split: {"rows": len(y), "positives": int(y.sum())} for split, y in labels.items()},
+        "batch_size": batch_size,
+        "test_positive_rate": round(float(test_labels.mean()), 4),
         "constant_predictor_test_auc": constant,
         "logistic_regression_val_auc": round(best[0], 4) if has_val else None,
         "constant_predictor_test_log_loss": round(_log_loss(torch.full_like(test_labels, train_rate).logit(), test_labels), 4),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import II, MISSING, OmegaConf
 
 from ctr.data.parallel_preprocess import PART_BYTES
 from ctr.data.schema import SchemaConfig
@@ -143,6 +143,12 @@ class ExportPrecision(Choice):
     int4 = auto()
 
 
+class EvalEvery(Choice):
+    """`trainer.eval_every`: validate at the end of every epoch (null: every `eval_every_steps`)."""
+
+    epoch = auto()
+
+
 class Split(Choice):
     """A data split."""
 
@@ -165,6 +171,7 @@ class SyntheticDataConfig:
     val_rows: int = 50_000
     test_rows: int = 100_000
     seed: int = 0
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -181,7 +188,8 @@ class CriteoDataConfig:
     test_days: List[int] = field(default_factory=lambda: [23])
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -194,7 +202,8 @@ class CsvDataConfig:
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     shuffle_buffer: int = SHUFFLE_BUFFER
     seed: int = 0
-    verify_checksums: bool = False
+    verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
+    batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
 
 
 @dataclass
@@ -211,7 +220,7 @@ class PreprocessConfig:
     sparse_columns: Optional[List[str]] = None  # null: all of C1..C26
     shard_rows: int = SHARD_ROWS  # rows per shard
     chunk_rows: int = CHUNK_ROWS  # lines parsed at a time
-    overwrite: bool = False
+    overwrite: bool = False  # true: removes the files a previous run in `output` listed (only those), then starts over
     progress_bar: bool = True
     workers: int = 1  # local processes writing parts at once (under torchrun: every rank is one worker)
     part_bytes: int = PART_BYTES  # a file is cut into parts of this many bytes (a gzipped file: one part)
@@ -461,7 +470,9 @@ class OptimizerConfig:
 class TrainerConfig:
     """`configs/trainer/*.yaml`: batch sizes, duration, evaluation and logging cadence.
 
-    Validation runs every `eval_every_steps` (and at the end); `best_metric` picks the
+    `batch_size` is per rank; by default the data config's recommendation (`data.batch_size`).
+    Validation runs every epoch with `eval_every: epoch`, else every `eval_every_steps`
+    (and at the end either way); `best_metric` picks the
     best checkpoint and drives early stopping after `early_stopping_patience` evaluations
     without improvement (null: never stop early). `dense_precision` bf16 runs the dense
     tower under autocast (fp32 master weights; tables keep `embedding.precision`). `auc`:
@@ -469,13 +480,14 @@ class TrainerConfig:
     class: fixed memory, for large splits).
     """
 
-    batch_size: int = 2048  # per rank
+    batch_size: int = II("data.batch_size")  # per rank
     eval_batch_size: int = 8192  # per rank
     reader_workers: int = 0  # processes building training batches per rank (0: a background thread)
     epochs: int = 1
     max_steps: Optional[int] = None
     log_every_steps: int = 50
     progress_bar: bool = True
+    eval_every: Optional[EvalEvery] = None
     eval_every_steps: Optional[int] = None
     best_metric: BestMetric = BestMetric.auc
     early_stopping_patience: Optional[int] = None

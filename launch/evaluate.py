@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from ctr.config import register_configs
 from ctr.parallel.process_group import DistributedEnv
+from ctr.train.console import quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.export import load_exported, load_trained, table_bytes
 
@@ -24,6 +25,7 @@ log = logging.getLogger("ctr.launch")
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> dict:
+    quiet_library_noise()
     if (cfg.run_dir is None) == (cfg.exported is None):
         raise ValueError("give exactly one of run_dir=<training run dir> or exported=<export dir>")
     trained = load_exported(Path(cfg.exported)) if cfg.exported else load_trained(Path(cfg.run_dir), cfg.checkpoint_path)

@@ -3,7 +3,9 @@
 A line is `label \\t I1 .. I13 \\t C1 .. C26 \\n`: a 0/1 label, 13 integer counts and 26
 categorical values written as 8 hex digits (32-bit hashes); any feature may be empty.
 Two layouts exist: Kaggle's (`train.txt`, any `*.txt`/`*.tsv`) and the 1TB logs'
-(`day_0` .. `day_23`), each optionally gzipped.
+(`day_0` .. `day_23`), each optionally gzipped. A directory holding neither by name is read
+by content: its files whose first line has Criteo's 40 tab-separated fields (a Criteo
+sample saved as `sample.csv`), in name order.
 
 Integers: empty → 0, negative → 0, then log(1+x) unless `log1p` is off.
 Categoricals: C_j's 32-bit value v becomes id = splitmix64((j+1)·2^33 + v) >> 1, and an
@@ -83,11 +85,24 @@ def discover(path: Path) -> List[CriteoFile]:
                 f"input {path} mixes the day_N layout ({days[0].path.name}, ...) with the Kaggle layout "
                 f"({kaggle[0].path.name}, ...); put each in its own directory"
             )
-        files = days or kaggle
+        files = days or kaggle or [CriteoFile(p, None) for p in sorted(path.iterdir()) if _criteo_content(p)]
         if not files:
-            raise CriteoFormatError(f"input {path} holds no Criteo files (day_N[.gz] or *.txt/*.tsv[.gz])")
+            raise CriteoFormatError(f"input {path} holds no Criteo files (day_N[.gz], *.txt/*.tsv[.gz], or files "
+                                    f"whose first line has {NUM_FIELDS} tab-separated fields)")
     _check_schemas(files)
     return files
+
+
+def _criteo_content(path: Path) -> bool:
+    """Whether `path` is a file whose first line has Criteo's number of tab-separated fields."""
+    if not path.is_file() or path.name.startswith("."):
+        return False
+    try:
+        with open_binary(path) as stream:
+            lines, _ = read_lines(stream, 1)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return bool(lines) and lines[0].count(b"\t") + 1 == NUM_FIELDS
 
 
 def _day_of(name: str) -> Optional[int]:
@@ -119,7 +134,9 @@ def _check_schemas(files: Sequence[CriteoFile]) -> None:
     counts = {}
     for file in files:
         with open_binary(file.path) as stream:
-            lines, _ = read_lines(stream, _SCHEMA_SAMPLE_LINES)
+            lines, error = read_lines(stream, _SCHEMA_SAMPLE_LINES)
+        if error and not lines:
+            raise CriteoFormatError(f"{file.path}: {error}")
         widths = [line.count(b"\t") + 1 for line in lines if line.strip()]
         if not widths:
             raise CriteoFormatError(f"{file.path} is empty")

@@ -33,15 +33,13 @@ from tqdm import tqdm
 
 from ctr.atomic import write_atomic, write_json_atomic
 from ctr.data.shard_format import META_FILE, read_meta, shard_file
-from ctr.data.shard_writer import (EXAMPLES_KEPT, PROGRESS_FILE, BadRowPolicy, ShardInput, ShardState, ShardWriter, input_fingerprint,
-                                   prepare_output, write_blocks, write_meta)
+from ctr.data.shard_writer import (EXAMPLES_KEPT, PART_DIGITS, PART_DONE, PARTS_DIR, PARTS_FINGERPRINT, BadRowPolicy,
+                                   ShardInput, ShardState, ShardWriter, input_fingerprint, part_files, prepare_output,
+                                   remove_files, write_blocks, write_meta)
 
 log = logging.getLogger(__name__)
 
 PART_BYTES = 256 * 2**20
-PARTS_DIR = "progress.parts"
-_DONE = "done.json"
-_FINGERPRINT = "fingerprint"
 # A 1TB job's ranks finish their shares at different times; the barrier waits for the last.
 _BARRIER_TIMEOUT = timedelta(hours=24)
 
@@ -135,31 +133,29 @@ def _prepare(out: Path, fingerprint: str, overwrite: bool) -> Optional[dict]:
     """The existing meta when `out` is complete for this input; else readies `out` (resuming an
     unfinished run of the same input)."""
     parts = out / PARTS_DIR
-    if overwrite:
-        _remove_parts(parts)
-    elif parts.is_dir() and not (out / META_FILE).exists():
+    if not overwrite and parts.is_dir() and not (out / META_FILE).exists():
         if _read_fingerprint(out) != fingerprint:
             raise FileExistsError(
                 f"{out} holds an unfinished run over another input or configuration; pass overwrite=true to start over"
             )
-        log.info("resuming %s: %d parts already done", out, len(list(parts.glob(f"*/{_DONE}"))))
+        log.info("resuming %s: %d parts already done", out, len(list(parts.glob(f"*/{PART_DONE}"))))
         return None
-    done = prepare_output(out, fingerprint, overwrite)
+    done = prepare_output(out, fingerprint, overwrite)  # overwrite removes the parts layout too (`written_files`)
     if done is None:
         parts.mkdir()
-        write_atomic(parts / _FINGERPRINT, lambda f: f.write(fingerprint.encode()))
-    else:
-        _remove_parts(parts)
+        write_atomic(parts / PARTS_FINGERPRINT, lambda f: f.write(fingerprint.encode()))
+    else:  # a merge interrupted after writing meta.json
+        remove_files(out, part_files(out))
     return done
 
 
 def _read_fingerprint(out: Path) -> Optional[str]:
-    path = out / PARTS_DIR / _FINGERPRINT
+    path = out / PARTS_DIR / PARTS_FINGERPRINT
     return path.read_text() if path.is_file() else None
 
 
 def _part_dir(out: Path, part: int) -> Path:
-    return out / PARTS_DIR / f"{part:05d}"
+    return out / PARTS_DIR / f"{part:0{PART_DIGITS}d}"
 
 
 def _write_share(open_source: Opener, policy: BadRowPolicy, shard_rows: int, chunk_rows: int, fingerprint: str,
@@ -172,7 +168,7 @@ def _write_share(open_source: Opener, policy: BadRowPolicy, shard_rows: int, chu
     bar = tqdm(unit=" rows", unit_scale=True, disable=not progress_bar or worker != 0, desc=desc)
     for index in range(worker, len(parts), workers):
         directory = _part_dir(out, index)
-        if not (directory / _DONE).exists():
+        if not (directory / PART_DONE).exists():
             _write_part(source.for_part(parts[index]), directory, shard_rows, fingerprint, bar.update, rss_at_start)
     bar.close()
 
@@ -184,13 +180,14 @@ def _write_part(source: ShardInput, directory: Path, shard_rows: int, fingerprin
     directory.mkdir(exist_ok=True)
     for stale in directory.glob("*.tmp"):
         stale.unlink()
-    state = ShardState(fingerprint, len(source.dense), len(source.sparse), source.start())
+    state = ShardState(fingerprint, len(source.dense), len(source.sparse), source.start(), source.columns)
     state.load(directory)
+    state.save(directory)  # before the first shard, so that its files are listed as ctr's if it is interrupted
     rows_before = state.rows
     writers = {split: ShardWriter(directory, source.columns, shard_rows, state, split) for split in source.splits}
     write_blocks(source, state, writers, on_rows)
     state.save(directory)
-    write_json_atomic(directory / _DONE, {"rows_written": state.rows - rows_before, "finished_at": time.time(),
+    write_json_atomic(directory / PART_DONE, {"rows_written": state.rows - rows_before, "finished_at": time.time(),
                                           "peak_rss_growth_bytes": _status_bytes("VmHWM") - rss_at_start})
 
 
@@ -200,20 +197,20 @@ def _merge(source: PartedInput, fingerprint: str, out: Path, started: float, wal
     positions, rows_this_run, peak_rss = [], 0, 0
     for index in range(len(source.parts())):
         directory = _part_dir(out, index)
-        if not (directory / _DONE).exists():
+        if not (directory / PART_DONE).exists():
             raise RuntimeError(f"{directory} is unfinished although every worker returned; run again to resume")
         part = ShardState(fingerprint, len(source.dense), len(source.sparse))
         part.load(directory)
         _absorb(merged, part, directory, out, source.columns)
         positions.append(part.source)
-        done = json.loads((directory / _DONE).read_text())
+        done = json.loads((directory / PART_DONE).read_text())
         if done["finished_at"] >= wall_start:
             rows_this_run += done["rows_written"]
             peak_rss = max(peak_rss, done["peak_rss_growth_bytes"])
     merged.source = source.merged_position(positions)
     meta = write_meta(out, source, fingerprint, merged, rows_this_run, time.perf_counter() - started,
                       parts=len(positions), peak_rss_growth_bytes_per_worker=peak_rss)
-    _remove_parts(out / PARTS_DIR)
+    remove_files(out, part_files(out))
     return meta
 
 
@@ -235,20 +232,6 @@ def _absorb(merged: ShardState, part: ShardState, directory: Path, out: Path, co
     merged.dense_sum = [a + b for a, b in zip(merged.dense_sum, part.dense_sum)]
     merged.hll.merge(part.hll)
     merged.heavy.merge(part.heavy)
-
-
-def _remove_parts(parts: Path) -> None:
-    """Deletes what the parts' writers wrote (and nothing else)."""
-    if not parts.is_dir():
-        return
-    for directory in sorted(parts.iterdir()):
-        if directory.is_dir():
-            for pattern in ("*.npy", "*.tmp", PROGRESS_FILE, _DONE):
-                for path in directory.glob(pattern):
-                    path.unlink()
-            directory.rmdir()
-    (parts / _FINGERPRINT).unlink(missing_ok=True)
-    parts.rmdir()
 
 
 def _status_bytes(key: str) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ctr.data import criteo, shard_writer
 from ctr.data.parallel_preprocess import PART_BYTES, PartedInput, write_parts
-from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardState
+from ctr.data.shard_writer import Block, FileBlocks, Room, ShardState
 
 _TOP_IDS = 10
 
@@ -102,7 +102,7 @@ class _CriteoInput(PartedInput):
 
     def start(self) -> Dict[str, object]:
         return {"offset": self._part.start, "line": 1, "negative": [0] * len(self.dense),
-                "raw_max": [0] * len(self.dense)}
+                "raw_max": [0] * len(self.dense), "shard_positives": []}
 
     def files(self, state: ShardState, room: Room) -> Iterator[FileBlocks]:
         file = self._files[self._part.file_index]
@@ -122,16 +122,21 @@ class _CriteoInput(PartedInput):
                 else:
                     lines, stream_error = _lines_starting_before(stream, count, position["offset"], stop), None
                 parsed = criteo.parse_lines(lines, position["line"], self._log1p)
-                bad = list(parsed.problems)
-                if stream_error:
-                    bad.append(BadLine(position["line"] + len(lines), "truncated gzip", stream_error))
-                for problem in bad:
+                for problem in parsed.problems:
                     line = problem.line + self._lines_before(file.path) - 1
                     state.record_bad(file.path, problem._replace(line=line), self._policy, criteo.CriteoFormatError)
+                if stream_error:
+                    # The rows lost past the break cannot be counted, so no policy can account for them.
+                    last_line = position["line"] + len(lines) - 1 + self._lines_before(file.path) - 1
+                    raise criteo.CriteoFormatError(
+                        f"{file.path}: {stream_error} after line {last_line}; the rest of the file cannot be read "
+                        "or counted, so it is refused even under on_bad_row=skip: fetch the file again"
+                    )
+                _count_positives(position["shard_positives"], len(state.shards), parsed.labels)
                 position["offset"] += sum(len(line) for line in lines)
                 position["line"] += len(lines)
                 yield self._block(parsed, position)
-                if stream_error or not lines:
+                if not lines:
                     return
 
     def _lines_before(self, path: Path) -> int:
@@ -157,14 +162,17 @@ class _CriteoInput(PartedInput):
         )
 
     def merged_position(self, positions: Sequence[dict]) -> dict:
-        """Clamped negatives summed, raw maxima maximised."""
+        """Clamped negatives summed, raw maxima maximised, shard positives listed in part order (as
+        the merge renumbers the shards)."""
         return {"negative": np.sum([p["negative"] for p in positions], 0, dtype=np.int64).tolist(),
-                "raw_max": np.max([p["raw_max"] for p in positions], 0).tolist()}
+                "raw_max": np.max([p["raw_max"] for p in positions], 0).tolist(),
+                "shard_positives": [count for p in positions for count in p["shard_positives"]]}
 
     def meta(self, state: ShardState) -> dict:
         position, top, rows = state.source, state.heavy.top(_TOP_IDS), state.rows
         return {
             "files": [{"name": f.path.name, "day": f.day, "bytes": f.path.stat().st_size} for f in self._files],
+            "shard_positives": position["shard_positives"],
             "stats": {
                 "label": {"positives": state.positives, "positive_rate": state.positives / rows},
                 "dense": {name: {"negative_clamped": position["negative"][j], "max_raw": position["raw_max"][j]}
@@ -204,3 +212,12 @@ def _newlines_before(path: Path, stop: int, block: int = 1 << 24) -> int:
             count += data.count(b"\n")
             read += len(data)
         return count
+
+
+def _count_positives(counts: list, shard: int, labels: np.ndarray) -> None:
+    """Adds a block's positives to its shard's count (a block never spans shards: it is cut to the
+    shard's room), so that any split of whole shards is counted without reading it
+    (`ShardSource.split_counts`)."""
+    if len(labels):  # an empty block (the end of the input) names no shard
+        counts.extend([0] * (shard + 1 - len(counts)))
+        counts[shard] += int(labels.sum())

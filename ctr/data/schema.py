@@ -6,6 +6,8 @@ become categorical features (single ids, bags, bucketised numbers, shared vocabu
 which side tables to join, and how to split. `ctr.data.tabular` applies it.
 """
 
+import codecs
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import List, Optional
@@ -45,6 +47,31 @@ class SplitRule(StrEnum):
     ratio = "ratio"
     timestamp = "timestamp"
     files = "files"
+    order = "order"
+
+
+class ValRule(StrEnum):
+    """`split.val_by` (see `SplitConfig`)."""
+
+    random = "random"
+    order = "order"
+
+
+class OtherColumns(StrEnum):
+    """`other_columns` (see `SchemaConfig`)."""
+
+    none = "none"
+    categorical = "categorical"
+
+
+class DatePart(StrEnum):
+    """`derived[].date_part` (see `DerivedConfig`)."""
+
+    year = "year"
+    month = "month"
+    day = "day"
+    weekday = "weekday"
+    hour = "hour"
 
 
 @dataclass
@@ -82,6 +109,27 @@ class SparseConfig:
 
 
 @dataclass
+class DerivedConfig:
+    """A column computed from raw columns (of the rows or a joined table) while reading, named
+    `name`, usable as a dense, sparse or label column.
+
+    Exactly one rule: `prefix: N` (the first N characters of `column`, e.g. a zip-code
+    prefix); `substring: [start, stop]` (Python slice of `column`); `date_part` of `column`
+    parsed with `date_format` (`datetime.strptime`, e.g. `"%d-%b-%Y"`; the part as a number);
+    or `cross: [a, b, ...]` (the columns' values joined into one value, to hash as one
+    categorical feature). Empty inputs give an empty value.
+    """
+
+    name: str = MISSING
+    column: Optional[str] = None
+    prefix: Optional[int] = None
+    substring: Optional[List[int]] = None
+    date_format: Optional[str] = None
+    date_part: Optional[DatePart] = None
+    cross: List[str] = field(default_factory=list)
+
+
+@dataclass
 class JoinConfig(DelimitedFileConfig):
     """A side table (user or item attributes) whose `key` column matches the rows' `join_column`.
 
@@ -99,15 +147,20 @@ class JoinConfig(DelimitedFileConfig):
 class SplitConfig:
     """How rows become train, val and test.
 
-    `by`: ratio (each row drawn with a seeded hash of its position), timestamp (the latest
-    `test_ratio` of rows by `timestamp_column` are test, all after every train row) or
-    files (`test_files` are test). val is drawn from the non-test rows by `val_ratio`.
+    `by`: ratio (each row drawn with a seeded hash of its position), order (the last
+    `test_ratio` of the rows in file order), timestamp (the latest `test_ratio` of rows by
+    `timestamp_column`; rows tied at the cut-off go in file order, the later ones to test,
+    so test has exactly the requested size) or files (`test_files` are test).
+    val: the rows of `val_files` (schema keys), else `val_ratio` of the non-test rows, drawn
+    at random (`val_by: random`) or the last ones in time order (timestamp) or file order
+    (the other rules) (`val_by: order`).
     `dedup_key`: test rows whose key columns also appear in a non-test row are dropped.
     """
 
     by: SplitRule = SplitRule.ratio
     test_ratio: float = 0.2
     val_ratio: float = 0.0
+    val_by: ValRule = ValRule.random
     timestamp_column: Optional[str] = None
     dedup_key: List[str] = field(default_factory=list)
     seed: int = 0
@@ -115,13 +168,58 @@ class SplitConfig:
 
 @dataclass
 class SchemaConfig(DelimitedFileConfig):
-    """A data set of delimited files under `root` (relative names are taken from there)."""
+    """A data set of delimited files under `root` (relative names are taken from there).
+
+    `other_columns: categorical` makes every column (of the rows, the joined tables and
+    `derived`) that is not the label, a dense column, in a `sparse` entry or in `ignore` a
+    categorical feature of its own, named as the column (a wide file in a few lines).
+    """
 
     root: str = "."
     files: List[str] = MISSING
+    val_files: List[str] = field(default_factory=list)
     test_files: List[str] = field(default_factory=list)
     label: LabelConfig = field(default_factory=LabelConfig)
     dense: List[DenseConfig] = field(default_factory=list)
     sparse: List[SparseConfig] = field(default_factory=list)
+    other_columns: OtherColumns = OtherColumns.none
+    ignore: List[str] = field(default_factory=list)
+    derived: List[DerivedConfig] = field(default_factory=list)
     joins: List[JoinConfig] = field(default_factory=list)
     split: SplitConfig = field(default_factory=SplitConfig)
+
+
+class SchemaError(ValueError):
+    """A schema value that cannot work; the message names its key."""
+
+
+def check_schema(schema: SchemaConfig) -> None:
+    """Fails on values that would otherwise crash late (after reading all the data), naming the key.
+
+    Feature names become shard file names (`{shard}.{name}.npy`), so they must be file-name safe.
+    """
+    files = [("", schema)] + [(f".joins[{j}]", join) for j, join in enumerate(schema.joins)]
+    for where, spec in files:
+        if len(spec.delimiter) != 1:
+            raise SchemaError(f"data.schema{where}.delimiter={spec.delimiter!r}: expected one character")
+        try:
+            codecs.lookup(spec.encoding)
+        except LookupError:
+            raise SchemaError(f"data.schema{where}.encoding={spec.encoding!r} is not an encoding Python knows "
+                              "(e.g. utf-8, latin-1)") from None
+    names = [(f"dense[{j}].column", d.column) for j, d in enumerate(schema.dense)]
+    names += [(f"sparse[{j}].name", s.name) for j, s in enumerate(schema.sparse)]
+    for key, name in names:
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise SchemaError(f"data.schema.{key}={name!r}: a feature name names shard files, so it must be "
+                              "non-empty and hold no '/', '\\' or NUL")
+    for j, dense in enumerate(schema.dense):
+        if not math.isfinite(dense.fill):
+            raise SchemaError(f"data.schema.dense[{j}].fill={dense.fill}: expected a finite number")
+    for j, sparse in enumerate(schema.sparse):
+        if sparse.max_length is not None and sparse.max_length < 1:
+            raise SchemaError(f"data.schema.sparse[{j}].max_length={sparse.max_length}: expected >= 1 (or null)")
+        if sparse.delimiter is not None and not sparse.delimiter:
+            raise SchemaError(f"data.schema.sparse[{j}].delimiter='': expected a non-empty separator (or null)")
+        if not sparse.columns:
+            raise SchemaError(f"data.schema.sparse[{j}].columns is empty: name at least one column")

@@ -35,14 +35,21 @@ def read_meta(directory: Path) -> dict:
     if not path.is_file():
         unfinished = " (preprocessing is unfinished: run it again to resume)" if any(directory.glob("progress*")) else ""
         raise InvalidShardDirectory(f"{directory} has no {META_FILE}, so it is not a complete shard directory{unfinished}")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InvalidShardDirectory(f"{path} is not valid JSON: {error}") from error
-    if meta.get("format") != FORMAT:
-        raise InvalidShardDirectory(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    meta = parse_meta(path)
     for shard in meta["shards"]:
         for column in meta["columns"]:
             if not shard_file(directory, shard["index"], column).is_file():
                 raise InvalidShardDirectory(f"{path} lists shard {shard['index']}, but its column {column} is missing")
+    return meta
+
+
+def parse_meta(path: Path) -> dict:
+    """A meta.json's content, refused unless it is valid JSON in ctr's format (its shards unchecked)."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidShardDirectory(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise InvalidShardDirectory(f"{path} has format {found!r}, expected {FORMAT!r}")
     return meta

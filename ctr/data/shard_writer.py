@@ -24,17 +24,27 @@ import numpy as np
 from tqdm import tqdm
 
 from ctr.atomic import write_atomic, write_json_atomic
-from ctr.data.shard_format import FORMAT, META_FILE, data_sha256, read_meta, shard_file
+from ctr.data.shard_format import (
+    FORMAT, META_FILE, InvalidShardDirectory, data_sha256, parse_meta, read_meta, shard_file,
+)
 from ctr.data.sketches import HeavyHitters, HyperLogLog
 
 log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.npz"
+# A parallel run's layout (`ctr.data.parallel_preprocess`): each part's shards and progress record in
+# progress.parts/<part>/, its done mark, and the run's fingerprint; listed here so that `written_files`
+# covers them.
+PARTS_DIR = "progress.parts"
+PART_DIGITS = 5
+PART_DONE = "done.json"
+PARTS_FINGERPRINT = "fingerprint"
 # Memory stays near 270 B × SHARD_ROWS (the Criteo shard being filled) + 4 KB × CHUNK_ROWS
 # (the lines being parsed), whatever the input size: about 135 MB with these values.
 SHARD_ROWS = 262_144
 CHUNK_ROWS = 16_384
 EXAMPLES_KEPT = 20
+EXAMPLE_CHARS = 500  # a bad row's problem, as errors and meta.json quote it
 
 
 class BadRowPolicy(StrEnum):
@@ -76,6 +86,7 @@ class ShardState:
     num_dense: int
     num_sparse: int
     source: Dict[str, Any] = field(default_factory=dict)
+    columns: List[str] = field(default_factory=list)  # the files each shard has, so overwrite finds them
     rows: int = 0
     shards: List[dict] = field(default_factory=list)
     bad: Dict[str, int] = field(default_factory=dict)
@@ -112,7 +123,8 @@ class ShardState:
         arrays = {f"heavy_{k}": v for k, v in self.heavy.state().items()}
         write_atomic(
             out / PROGRESS_FILE,
-            lambda f: np.savez(f, fingerprint=self.fingerprint, scalars=scalars, hll=self.hll.registers, **arrays),
+            lambda f: np.savez(f, fingerprint=self.fingerprint, scalars=scalars, columns=json.dumps(self.columns),
+                               hll=self.hll.registers, **arrays),
         )
 
     def count(self, block: Block, sparse: Sequence[str]) -> None:
@@ -126,11 +138,21 @@ class ShardState:
 
     def record_bad(self, path: Path, bad: BadLine, policy: BadRowPolicy, error: Type[Exception], hint: str = "") -> None:
         """Applies the bad-row policy: fails naming file, line and problem, or counts the row."""
+        message = capped(bad.message)
         if policy == BadRowPolicy.error:
-            raise error(f"{path}:{bad.line}: {bad.message}{hint}")
+            raise error(f"{path}:{bad.line}: {message}{hint}")
         self.bad[bad.kind] = self.bad.get(bad.kind, 0) + 1
         if len(self.examples) < EXAMPLES_KEPT:
-            self.examples.append(f"{path}:{bad.line}: {bad.message}")
+            self.examples.append(f"{path}:{bad.line}: {message}")
+
+
+def capped(message: str, limit: int = EXAMPLE_CHARS) -> str:
+    """`message` cut to `limit` characters, saying how long it was: a bad row's text can be megabytes.
+
+    >>> capped("x" * 10, 4)
+    'xxxx... (10 characters in all)'
+    """
+    return message if len(message) <= limit else f"{message[:limit]}... ({len(message):,} characters in all)"
 
 
 FileBlocks = Tuple[str, Optional[int], Iterator[Block]]
@@ -200,11 +222,14 @@ def write_shards(
         log.info("%s already holds these shards (%d rows); nothing to do", out, done["num_rows"])
         return done
 
-    state = ShardState(fingerprint, len(source.dense), len(source.sparse), source.start())
+    state = ShardState(fingerprint, len(source.dense), len(source.sparse), source.start(), source.columns)
     if source.resumable:
         state.load(out)
         if state.rows:
             log.info("resuming %s after %d rows in %d shards", out, state.rows, len(state.shards))
+    else:
+        remove_files(out, written_files(out))  # an unfinished run's shards, which this one starts over
+    state.save(out)  # before the first shard, so that its files are listed as ctr's if it is interrupted
     writers = {split: ShardWriter(out, source.columns, shard_rows, state, split) for split in source.splits}
     started, rows_before = time.perf_counter(), state.rows
     bar = tqdm(initial=state.rows, unit=" rows", unit_scale=True, disable=not progress_bar, desc="preprocess")
@@ -254,12 +279,14 @@ def input_fingerprint(paths: Sequence[Path], settings: dict) -> str:
 
 
 def prepare_output(out: Path, fingerprint: str, overwrite: bool) -> Optional[dict]:
-    """Returns the existing meta when `out` is already complete for this input; else readies `out`."""
+    """Returns the existing meta when `out` is already complete for this input; else readies `out`.
+
+    `overwrite` removes only the files a previous run lists as its own (`written_files`);
+    anything else in `out` stays, and then `out` is refused as not empty.
+    """
     if overwrite and out.exists():
         # meta.json goes first, so the directory is invalid while anything else is removed.
-        for pattern in (META_FILE, PROGRESS_FILE, "*.npy", "*.tmp"):
-            for path in out.glob(pattern):
-                path.unlink()
+        remove_files(out, written_files(out))
     out.mkdir(parents=True, exist_ok=True)
     if (out / META_FILE).exists():
         meta = read_meta(out)
@@ -273,10 +300,104 @@ def prepare_output(out: Path, fingerprint: str, overwrite: bool) -> Optional[dic
                 f"{out} holds an unfinished run over another input or configuration; pass overwrite=true to start over"
             )
     elif any(out.iterdir()):
-        raise FileExistsError(f"{out} is not empty and holds no shards; choose an empty directory or pass overwrite=true")
-    for stale in out.glob("*.tmp"):
-        stale.unlink()
+        others = sorted(p.name for p in out.iterdir())
+        listing = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise FileExistsError(f"{out} is not empty and holds no shards of ctr's (it holds {listing}); choose an "
+                              "empty directory (overwrite=true removes only the files a previous run listed)")
+    for stale in written_files(out):
+        if stale.suffix == ".tmp":
+            stale.unlink(missing_ok=True)
     return None
+
+
+def written_files(out: Path) -> List[Path]:
+    """The files a previous run wrote in `out`, as its records list them: meta.json first, then
+    the progress record, every listed shard's column files, the next shard's (an interrupted
+    write), each one's temporary name (`ctr.atomic`), and the parts layout of a parallel run
+    (`part_files`, and the shards an interrupted merge already moved into `out`)."""
+    try:
+        return _listed_files(out) + part_files(out) + _merged_part_shards(out)
+    except (InvalidShardDirectory, KeyError, TypeError, ValueError, OSError) as error:
+        raise FileExistsError(f"{out}: ctr cannot tell which files it wrote there ({error}), so it removes none; "
+                              "remove them yourself or choose another output") from error
+
+
+def part_files(out: Path) -> List[Path]:
+    """What a parallel run's parts wrote under `out/progress.parts/`: its fingerprint, and each
+    part directory's listed files (`_listed_files`) and done mark."""
+    parts = out / PARTS_DIR
+    if not parts.is_dir():
+        return []
+    paths = list(_with_temporary(parts / PARTS_FINGERPRINT))
+    for directory in _part_directories(out):
+        paths += _listed_files(directory) + list(_with_temporary(directory / PART_DONE))
+    return paths
+
+
+def remove_files(out: Path, paths: Sequence[Path]) -> None:
+    """Deletes `paths` (those present), then the parts layout's directories once they are empty:
+    a directory that still holds anything (not ctr's) stays, and the output is then refused."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    parts = out / PARTS_DIR
+    for directory in _part_directories(out) + [parts]:
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _part_directories(out: Path) -> List[Path]:
+    parts = out / PARTS_DIR
+    if not parts.is_dir():
+        return []
+    return sorted(d for d in parts.iterdir() if d.is_dir() and d.name.isdigit() and len(d.name) == PART_DIGITS)
+
+
+def _merged_part_shards(out: Path) -> List[Path]:
+    """The shards a merge moved from finished parts into `out` under their final indices, in part
+    order, should it have been interrupted before writing meta.json (the merge starts only once
+    every part is done)."""
+    directories = _part_directories(out)
+    if not directories or not all((d / PART_DONE).exists() for d in directories):
+        return []
+    paths, index = [], 0
+    for directory in directories:
+        listed, columns = _progress_listing(directory)
+        for _ in listed:
+            paths += [p for column in columns for p in _with_temporary(shard_file(out, index, column))]
+            index += 1
+    return paths
+
+
+def _listed_files(directory: Path) -> List[Path]:
+    """The files one directory's meta.json and progress record list (see `written_files`)."""
+    names, shards = [], []
+    meta_path, progress_path = directory / META_FILE, directory / PROGRESS_FILE
+    if meta_path.exists():
+        meta = parse_meta(meta_path)
+        names.append(META_FILE)
+        shards += [(shard["index"], meta["columns"]) for shard in meta["shards"]]
+    if progress_path.exists():
+        listed, columns = _progress_listing(directory)
+        names.append(PROGRESS_FILE)
+        shards += [(shard["index"], columns) for shard in listed] + [(len(listed), columns)]
+    names += [shard_file(directory, index, column).name for index, columns in shards for column in columns]
+    return [p for path in dict.fromkeys(directory / name for name in names) for p in _with_temporary(path)]
+
+
+def _progress_listing(directory: Path) -> Tuple[List[dict], List[str]]:
+    """The shards a progress record lists, and their column names."""
+    path = directory / PROGRESS_FILE
+    if not path.exists():
+        return [], []
+    saved = np.load(path)
+    listed = json.loads(str(saved["scalars"]))["shards"]
+    columns = json.loads(str(saved["columns"])) if "columns" in saved.files else (
+        list(listed[0]["sha256"]) if listed else [])
+    return listed, columns
+
+
+def _with_temporary(path: Path) -> Tuple[Path, Path]:
+    return path, path.with_name(path.name + ".tmp")
 
 
 class ShardWriter:

@@ -41,6 +41,11 @@ class ShardSource:
     sequentially and held in memory while its rows are served (about 270 bytes per row for
     Criteo; at most two windows per reading process): whole Criteo days stream through a
     bounded window. val and test keep file order.
+
+    Every column file's row count and size are checked when it is opened, and, with
+    `verify_checksums`, its sha256 against meta.json the first time this process opens its
+    shard: one hashing pass over the data read, cheaper than reading it (README, "Trust and
+    safety"). Every read error names the file.
     """
 
     def __init__(
@@ -54,8 +59,10 @@ class ShardSource:
         test_days: Sequence[int] = (23,),
         shuffle_buffer: int = SHUFFLE_BUFFER,
         seed: int = 0,
-        verify_checksums: bool = False,
+        verify_checksums: bool = True,
+        batch_size: int = 2048,
     ) -> None:
+        self.batch_size = batch_size  # the recommended per-rank batch size (`data.batch_size`)
         self._directory = Path(path)
         meta = read_meta(self._directory)
         self.meta = meta
@@ -73,8 +80,7 @@ class ShardSource:
         # Per instance, so a directory rewritten since is never read through stale maps.
         self._open_shard = functools.lru_cache(maxsize=_OPEN_SHARDS)(self._map_shard)
         self._window = functools.lru_cache(maxsize=2)(self._read_window)
-        if verify_checksums:
-            self._verify(meta)
+        self._checksums = {s["index"]: s["sha256"] for s in meta["shards"]} if verify_checksums else {}
         split_by = SplitBy(split_by)
         if split_by == SplitBy.ratio:
             self._segments = _ratio_segments(meta["shards"], train_ratio, val_ratio)
@@ -91,6 +97,21 @@ class ShardSource:
         if split not in self._segments:
             raise KeyError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         return int(self._segments[split][2][-1])
+
+    def split_counts(self) -> Dict[str, Dict[str, int]]:
+        """Rows and positives per split, as CSV meta.json's `splits`: whole shards from meta.json's
+        `shard_positives` (Criteo) where recorded, any other piece by reading its labels."""
+        recorded = self.meta.get("shard_positives")
+        counts = {}
+        for split, (shards, firsts, offsets) in self._segments.items():
+            positives = 0
+            for shard, first, rows in zip(shards.tolist(), firsts.tolist(), np.diff(offsets).tolist()):
+                if recorded is not None and first == 0 and rows == self._shard_rows[shard]:
+                    positives += recorded[shard]
+                else:
+                    positives += int(self._open_shard(shard)["label"][first:first + rows].sum(dtype=np.float64))
+            counts[split] = {"rows": int(offsets[-1]), "positives": positives}
+        return counts
 
     def rows(self, split: str, start: int, stop: int, epoch: int = 0) -> Rows:
         """Rows [start, stop) of `split` in its (shuffled, for train: in `epoch`'s) order."""
@@ -139,22 +160,30 @@ class ShardSource:
         return Rows(dense=dense, ids=ids, labels=labels, bags=bags)
 
     def _map_shard(self, shard: int) -> Dict[str, np.ndarray]:
-        """Memory maps of one shard's columns; a bounded cache keeps the number of maps small."""
-        maps = {c: np.load(shard_file(self._directory, shard, c), mmap_mode="r") for c in self._columns}
-        for column, array in maps.items():
-            if len(array) != self._shard_rows[shard]:
-                raise InvalidShardDirectory(
-                    f"{shard_file(self._directory, shard, column)} has {len(array)} rows, "
-                    f"meta.json says {self._shard_rows[shard]}"
-                )
+        """Memory maps of one shard's columns, their sizes checked and, the first time this
+        process opens the shard, their checksums; a bounded cache keeps the number of maps small."""
+        maps = {c: _map_column(shard_file(self._directory, shard, c), self._shard_rows[shard]) for c in self._columns}
+        for column, checksum in self._checksums.get(shard, {}).items():
+            if data_sha256(maps[column]) != checksum:
+                raise InvalidShardDirectory(f"{shard_file(self._directory, shard, column)}: checksum differs from "
+                                            "meta.json; the shard is corrupted")
+        self._checksums.pop(shard, None)
         return maps
 
-    def _verify(self, meta: dict) -> None:
-        for shard in meta["shards"]:
-            for column, expected in shard["sha256"].items():
-                path = shard_file(self._directory, shard["index"], column)
-                if data_sha256(np.load(path, mmap_mode="r")) != expected:
-                    raise InvalidShardDirectory(f"{path}: checksum differs from meta.json; the shard is corrupted")
+
+def _map_column(path: Path, rows: int) -> np.ndarray:
+    """A column file as a read-only memory map, refused (named) unless it holds exactly `rows`
+    rows and ends where its data ends: a truncated or padded file never reaches a batch."""
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise InvalidShardDirectory(f"{path}: cannot be read as a shard column ({error})") from error
+    if len(array) != rows:
+        raise InvalidShardDirectory(f"{path} has {len(array)} rows, meta.json says {rows}")
+    size = path.stat().st_size
+    if size != array.offset + array.nbytes:
+        raise InvalidShardDirectory(f"{path} is {size} bytes, its header says {array.offset + array.nbytes}")
+    return array
 
 
 def _as_slice(local: np.ndarray):

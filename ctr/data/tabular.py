@@ -13,13 +13,18 @@ feature's `table` (shared vocabulary) or its name; so a value gets the same id i
 feature of one table, and different ids across tables.
 """
 
+import collections
 import csv
+import dataclasses
+import datetime
 import functools
 import hashlib
 import json
+import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -27,9 +32,12 @@ from omegaconf import OmegaConf
 from ctr.data import shard_writer
 from ctr.data.ids import splitmix64, to_id
 from ctr.data.rows import BAG_PAD
-from ctr.data.schema import DelimitedFileConfig, Normalization, SchemaConfig, SparseConfig, SplitRule
+from ctr.data.schema import (DatePart, DelimitedFileConfig, DerivedConfig, Normalization, OtherColumns, SchemaConfig,
+                             SparseConfig, SplitRule, ValRule, check_schema)
 from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardInput, ShardState
 from ctr.data.shards import SHUFFLE_BUFFER, SPLITS, ShardSource, SplitBy
+
+log = logging.getLogger(__name__)
 
 
 class CsvFormatError(ValueError):
@@ -54,7 +62,57 @@ def hash_ids(namespace: str, values: Sequence[str]) -> np.ndarray:
 def as_schema(schema) -> SchemaConfig:
     """The schema as typed dataclasses, checked against `SchemaConfig` (keys, types, choices),
     whether given as such, as a DictConfig or as a dict."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SchemaConfig), schema))
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SchemaConfig), schema))
+    check_schema(typed)
+    return typed
+
+
+class _Lines:
+    """Numbered text lines for `csv.reader`, with the lines of the current record kept, so that
+    a record can be read again from its second line."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines, self._pending, self._next = lines, collections.deque(), 1
+        self.taken: List[Tuple[int, str]] = []  # the (number, text) lines of the record being read
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        if self._pending:
+            item = self._pending.popleft()
+        else:
+            item = (self._next, next(self._lines))
+            self._next += 1
+        self.taken.append(item)
+        return item[1]
+
+    def take(self) -> List[Tuple[int, str]]:
+        """The lines read since the last call."""
+        taken, self.taken = self.taken, []
+        return taken
+
+    def push_back(self, lines: List[Tuple[int, str]]) -> None:
+        self._pending.extendleft(reversed(lines))
+
+
+class _Record(NamedTuple):
+    """A record's first line and fields; or, where no record could be read, no fields and the problem."""
+
+    line: int
+    fields: List[str]
+    problem: Optional[BadLine] = None
+
+
+def _unreadable(taken: List[Tuple[int, str]], error: csv.Error) -> _Record:
+    """The problem record of lines the csv module refused, or of a record that ran past its line."""
+    first = taken[0][0]
+    if len(taken) > 1:
+        problem = BadLine(first, "unbalanced quote", f"a quote opened on this line is not closed before line "
+                                                     f"{taken[-1][0]} ({error}); the lines after it are read as rows")
+    else:
+        problem = BadLine(first, "unparseable", f"unparseable line ({error})")
+    return _Record(first, [], problem)
 
 
 class _Table:
@@ -68,18 +126,34 @@ class _Table:
             first = next(self._records(), None)
             if first is None:
                 raise CsvFormatError(f"{path} is empty (data.schema{setting}.header=true expects a header line)")
-            self.columns = first[1]
+            if first.problem:
+                raise CsvFormatError(f"{path}:{first.line}: {first.problem.message}")
+            self.columns = first.fields
         elif spec.columns:
             self.columns = list(spec.columns)
         else:
             raise CsvFormatError(f"{path}: data.schema{setting}.header=false needs data.schema{setting}.columns")
 
-    def _records(self) -> Iterator[Tuple[int, List[str]]]:
+    def _records(self) -> Iterator[_Record]:
+        """Every record, numbered by its first line. A record spanning lines whose field count is
+        wrong, or that the csv module refuses, is a quote left open: it comes back as a problem
+        at its first line, and its later lines are read again as records of their own."""
         with open(self.path, "rb") as stream:
-            reader = csv.reader(self._decoded(stream), delimiter=self.spec.delimiter)
-            for fields in reader:
-                if fields:
-                    yield reader.line_num, fields
+            lines = _Lines(self._decoded(stream))
+            while True:
+                reader = csv.reader(lines, delimiter=self.spec.delimiter)
+                try:
+                    for fields in reader:
+                        if len(lines.taken) > 1 and len(fields) != len(getattr(self, "columns", fields)):
+                            raise csv.Error(f"{len(fields)} fields, expected {len(self.columns)}")
+                        taken = lines.take()
+                        if fields:
+                            yield _Record(taken[0][0], fields)
+                    return
+                except csv.Error as error:
+                    taken = lines.take()
+                    lines.push_back(taken[1:])
+                    yield _unreadable(taken, error)
 
     def _decoded(self, stream) -> Iterator[str]:
         """Lines decoded one at a time, so that an encoding error names its line."""
@@ -91,7 +165,7 @@ class _Table:
                 raise CsvFormatError(f"{self.path}:{number}: not valid {encoding} "
                                      f"(data.schema{self.setting}.encoding={encoding!r}): {error.reason}") from error
 
-    def records(self) -> Iterator[Tuple[int, List[str]]]:
+    def records(self) -> Iterator[_Record]:
         """Data records (the header skipped)."""
         records = self._records()
         if self.spec.header:
@@ -130,7 +204,9 @@ class _Layout:
             key = table.index(join.key, f"joins[{j}].key")
             on = main.index(join.join_column, f"joins[{j}].join_column")
             rows = {}
-            for _, fields in table.records():
+            for line, fields, problem in table.records():
+                if problem:
+                    raise CsvFormatError(f"{table.path}:{line}: {problem.message}")
                 rows.setdefault(fields[key] if key < len(fields) else "", fields)
             self.sides.append(_SideTable(table, on, rows, join.max_unmatched_fraction, empty=[""] * len(table.columns)))
             for i, column in enumerate(table.columns):
@@ -139,6 +215,12 @@ class _Layout:
                         raise CsvFormatError(f"{table.path}: column {column!r} of data.schema.joins[{j}] is already a column "
                                              f"of the rows or of an earlier join; rename it with data.schema.joins[{j}].columns")
                     self.sources[column] = (j, i)
+        self.derived = [_Derived(spec, f"derived[{j}]", self) for j, spec in enumerate(schema.derived)]
+        for i, derived in enumerate(self.derived):
+            if derived.name in self.sources:
+                raise CsvFormatError(f"data.schema.derived[{i}].name={derived.name!r} is already a column of the rows "
+                                     "or of a joined table; choose another name")
+            self.sources[derived.name] = (len(self.sides), i)
 
     def locate(self, column: str, setting: str) -> Tuple[int, int]:
         if column not in self.sources:
@@ -157,7 +239,61 @@ class _Layout:
                 side.unmatched += 1
                 row = side.empty
             parts.append(row)
+        if self.derived:
+            parts.append([derived.value(parts) for derived in self.derived])
         return parts
+
+
+class _Derived:
+    """A `derived` column (`ctr.data.schema.DerivedConfig`): its inputs located and its rule checked up front."""
+
+    def __init__(self, spec: DerivedConfig, setting: str, layout: _Layout) -> None:
+        self.name, self.spec, self.setting = spec.name, spec, setting
+        rules = [spec.prefix is not None, spec.substring is not None, spec.date_part is not None, bool(spec.cross)]
+        if sum(rules) != 1:
+            raise CsvFormatError(f"data.schema.{setting} ({spec.name}): give exactly one of prefix, substring, "
+                                 "date_part (with date_format) or cross")
+        if (spec.date_part is None) != (spec.date_format is None):
+            raise CsvFormatError(f"data.schema.{setting} ({spec.name}): date_part and date_format go together")
+        if spec.substring is not None and len(spec.substring) != 2:
+            raise CsvFormatError(f"data.schema.{setting}.substring={list(spec.substring)}: expected [start, stop]")
+        if bool(spec.cross) == (spec.column is not None):
+            raise CsvFormatError(f"data.schema.{setting} ({spec.name}): a cross names its columns in `cross`; "
+                                 "the other rules read one `column`")
+        columns = spec.cross or [spec.column]
+        self.inputs = [layout.locate(c, f"{setting}.column") for c in columns]
+
+    def value(self, parts: List[List[str]]) -> str:
+        values = [_get(parts, where) for where in self.inputs]
+        spec = self.spec
+        if spec.cross:
+            return "\x1f".join(values)
+        raw = values[0]
+        if raw == "":
+            return ""
+        if spec.prefix is not None:
+            return raw[: spec.prefix]
+        if spec.substring is not None:
+            return raw[spec.substring[0] : spec.substring[1]]
+        try:
+            date = datetime.datetime.strptime(raw, spec.date_format)
+        except ValueError:
+            raise ValueError(f"column {spec.column} is {raw!r}, not a date in data.schema.{self.setting}.date_format="
+                             f"{spec.date_format!r}") from None
+        return str(date.weekday() if spec.date_part == DatePart.weekday else getattr(date, spec.date_part))
+
+
+def _with_other_columns(schema: SchemaConfig, layout: _Layout) -> SchemaConfig:
+    """The schema with `other_columns: categorical` applied: each column not otherwise named
+    becomes a categorical feature of its own, named as the column."""
+    for column in schema.ignore:
+        layout.locate(column, "ignore")
+    if schema.other_columns == OtherColumns.none:
+        return schema
+    named = {schema.label.column, *(d.column for d in schema.dense), *(c for s in schema.sparse for c in s.columns),
+             *schema.ignore}
+    others = [SparseConfig(name=column, columns=[column]) for column in layout.sources if column not in named]
+    return dataclasses.replace(schema, sparse=[*schema.sparse, *others])
 
 
 def _get(parts: List[List[str]], where: Tuple[int, int]) -> str:
@@ -190,10 +326,7 @@ class _Features:
         """(label, dense values, single values, bag members, dense missing flags); ValueError names the problem."""
         label_rule = self.schema.label
         raw = _get(parts, self.label)
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"label column {label_rule.column} is {raw!r}, not a number") from None
+        value = _finite(raw, f"label column {label_rule.column}")
         if label_rule.threshold is None:
             if value not in (0.0, 1.0):
                 raise ValueError(f"label column {label_rule.column} is {raw!r}, not 0 or 1 (set data.schema.label.threshold)")
@@ -204,10 +337,7 @@ class _Features:
         for spec, where in zip(self.schema.dense, self.dense):
             raw = _get(parts, where)
             missing.append(raw == "")
-            try:
-                x = spec.fill if raw == "" else float(raw)
-            except ValueError:
-                raise ValueError(f"dense column {spec.column} is {raw!r}, not a number") from None
+            x = spec.fill if raw == "" else _finite(raw, f"dense column {spec.column}")
             dense.append(float(np.log1p(max(x, 0.0))) if spec.log1p else x)
         single = [self._category(s, _get(parts, self.columns[id(s)][0])) for s in self.single]
         bags = [self._members(s, parts) for s in self.bags]
@@ -216,10 +346,8 @@ class _Features:
     def _category(self, spec: SparseConfig, raw: str) -> str:
         if spec.boundaries is None or raw == "":
             return raw
-        try:
-            return f"bucket {int(np.searchsorted(spec.boundaries, float(raw), side='right'))}"
-        except ValueError:
-            raise ValueError(f"column {spec.columns[0]} of bucketised feature {spec.name} is {raw!r}, not a number") from None
+        x = _finite(raw, f"column {spec.columns[0]} of bucketised feature {spec.name}")
+        return f"bucket {int(np.searchsorted(spec.boundaries, x, side='right'))}"
 
     def _members(self, spec: SparseConfig, parts: List[List[str]]) -> List[str]:
         values = [_get(parts, where) for where in self.columns[id(spec)]]
@@ -228,6 +356,18 @@ class _Features:
         if spec.delimiter:
             values = [member for v in values for member in v.split(spec.delimiter)]
         return [self._category(spec, v.strip()) for v in values if v.strip()]
+
+
+def _finite(raw: str, what: str) -> float:
+    """`raw` as a finite number; nan and inf are refused like any other bad value, since one
+    of them would make the normalisation statistics, and then every loss, nan."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{what} is {raw!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is {raw!r}, not a finite number")
+    return value
 
 
 def _is_bag(spec: SparseConfig) -> bool:
@@ -312,74 +452,125 @@ class _DenseStats:
 
 
 class _Splitter:
-    """Assigns each record of the main files to a split, and drops test rows seen in training."""
+    """Assigns each record of the main files to a split, and drops test rows seen in training.
 
-    def __init__(self, schema: SchemaConfig, main_files: List[Path], test_files: List[Path], main: _Table) -> None:
+    Random rules draw per record from a generator seeded by (seed, file index). Rules that
+    need every row first (order, timestamp, `val_by: order`, `dedup_key`) are planned in a
+    light first pass over the raw fields: a split per record, by file and record index.
+    """
+
+    def __init__(self, schema: SchemaConfig, files: List[Path], val_files: List[Path], test_files: List[Path],
+                 main: _Table) -> None:
         split = schema.split
         if split.by == SplitRule.files and not test_files:
             raise CsvFormatError("data.schema.split.by=files needs data.schema.test_files")
         if split.by != SplitRule.files and test_files:
             raise CsvFormatError(f"data.schema.test_files is set, but data.schema.split.by='{split.by}'; use by: files")
+        if val_files and split.val_ratio:
+            raise CsvFormatError(f"data.schema.val_files is set and data.schema.split.val_ratio={split.val_ratio}: "
+                                 "val is one or the other; set val_ratio: 0")
         if not (0 <= split.test_ratio < 1 and 0 <= split.val_ratio and split.test_ratio + split.val_ratio < 1):
             raise CsvFormatError(f"data.schema.split: test_ratio={split.test_ratio}, val_ratio={split.val_ratio}: "
                                  "need both >= 0 and their sum < 1")
-        self.split, self.test_files = split, set(test_files)
+        self.split = split
+        self.val_files = {files.index(f) for f in val_files}
+        self.test_files = {files.index(f) for f in test_files}
         self.timestamp = main.index(split.timestamp_column, "split.timestamp_column") if split.by == SplitRule.timestamp else None
         self.key = [main.index(c, "split.dedup_key") for c in split.dedup_key]
         self.cutoff: Optional[float] = None
+        self.ties: Dict[str, object] = {}
+        self.plan: Optional[List[np.ndarray]] = None
         self.seen: set = set()
         self.duplicates = 0
-        if self.timestamp is not None or self.key:
-            self._scan(main_files, main)
+        ordered = split.by in (SplitRule.order, SplitRule.timestamp) or split.val_by == ValRule.order
+        if ordered or self.key:
+            self._scan(files, main)
 
     def _scan(self, files: List[Path], main: _Table) -> None:
-        """First pass: the timestamp cut-off, then the keys of every non-test row."""
-        records = [(path, i, fields) for path in files
-                   for i, (_, fields) in enumerate(_Table(path, main.spec, "").records())]
+        """First pass: every record's split, then the keys of every non-test row."""
+        draws, stamps, keys, sizes = [], [], [], []
+        for i, path in enumerate(files):
+            rng = self._rng(i)
+            records = [fields for _, fields, _ in _Table(path, main.spec, "").records()]
+            sizes.append(len(records))
+            for fields in records:
+                draws.append(self._draw(i, rng.random()))
+                if self.timestamp is not None:
+                    stamps.append(_number(fields, self.timestamp))
+                if self.key:
+                    keys.append(self._key(fields) if fields else None)  # an unreadable record has no key
+        codes = np.array([SPLITS.index(s) for s in draws], np.int8)
+        order = np.arange(len(codes))
         if self.timestamp is not None:
-            stamps = np.array([_number(f, self.timestamp) for _, _, f in records], np.float64)
-            valid = np.sort(stamps[~np.isnan(stamps)])
-            if not len(valid):
-                raise CsvFormatError(f"{files[0]}: data.schema.split.timestamp_column={self.split.timestamp_column!r} "
-                                     "holds no numbers")
-            self.cutoff = float(valid[min(int(len(valid) * (1 - self.split.test_ratio)), len(valid) - 1)])
-        if self.key:
-            rngs: Dict[Path, np.random.Generator] = {}
-            for path, _, fields in records:
-                rng = rngs.setdefault(path, self._rng(files.index(path)))
-                if self._draw(path, fields, rng.random()) != "test":
-                    self.seen.add(self._key(fields))
+            order = self._time_order(np.array(stamps, np.float64), files[0])
+        if self.split.by in (SplitRule.order, SplitRule.timestamp):
+            codes[codes == SPLITS.index("test")] = SPLITS.index("train")
+            codes[_last(order, self.split.test_ratio)] = SPLITS.index("test")
+            if self.timestamp is not None:
+                self._count_ties(np.array(stamps, np.float64), codes)
+        if self.split.val_by == ValRule.order and self.split.val_ratio:
+            codes[codes == SPLITS.index("val")] = SPLITS.index("train")
+            kept = order[codes[order] != SPLITS.index("test")]
+            codes[_last(kept, self.split.val_ratio)] = SPLITS.index("val")
+        self.plan = np.split(codes, np.cumsum(sizes)[:-1])
+        self.seen = {key for key, code in zip(keys, codes) if key is not None and code != SPLITS.index("test")}
+
+    def _time_order(self, stamps: np.ndarray, first: Path) -> np.ndarray:
+        """Records with a numeric timestamp, by time; ties in file order (a stable sort)."""
+        valid = np.flatnonzero(~np.isnan(stamps))
+        if not len(valid):
+            raise CsvFormatError(f"{first}: data.schema.split.timestamp_column={self.split.timestamp_column!r} "
+                                 "holds no numbers")
+        return valid[np.argsort(stamps[valid], kind="stable")]
+
+    def _count_ties(self, stamps: np.ndarray, codes: np.ndarray) -> None:
+        """The cut-off timestamp and how its tied rows were divided (meta.json, the log)."""
+        test = codes == SPLITS.index("test")
+        if not test.any():
+            return
+        self.cutoff = float(stamps[test].min())
+        tied = stamps == self.cutoff
+        self.ties = {"cutoff": self.cutoff, "rows_at_cutoff": int(tied.sum()),
+                     "rows_at_cutoff_in_test": int((tied & test).sum()),
+                     "rule": "rows tied at the cut-off go in file order, the later ones to test"}
+        log.info("timestamp split: cut-off %s holds %d rows, %d of them to test (file order)",
+                 self.cutoff, self.ties["rows_at_cutoff"], self.ties["rows_at_cutoff_in_test"])
 
     def _rng(self, file_index: int) -> np.random.Generator:
         return np.random.default_rng([self.split.seed, file_index])
 
-    def files(self, files: List[Path]) -> Iterator[Tuple[Path, np.random.Generator]]:
+    def files(self, files: List[Path]) -> Iterator[Tuple[int, Path, np.random.Generator]]:
         for i, path in enumerate(files):
-            yield path, self._rng(i)
+            yield i, path, self._rng(i)
 
     def _key(self, fields: List[str]) -> Tuple[str, ...]:
         return tuple(fields[i] if i < len(fields) else "" for i in self.key)
 
-    def _draw(self, path: Path, fields: List[str], u: float) -> str:
+    def _draw(self, file_index: int, u: float) -> str:
+        """The split by the random rules and the files (the ordered rules are planned in `_scan`)."""
         split = self.split
-        if split.by == SplitRule.files:
-            test = path in self.test_files
-        elif split.by == SplitRule.timestamp:
-            stamp = _number(fields, self.timestamp)
-            test = not np.isnan(stamp) and stamp >= self.cutoff
-        else:
-            test, u = u < split.test_ratio, u - split.test_ratio
-        if test:
+        if file_index in self.test_files:
             return "test"
+        if split.by == SplitRule.ratio:
+            if u < split.test_ratio:
+                return "test"
+            u -= split.test_ratio
+        if file_index in self.val_files:
+            return "val"
         return "val" if u < split.val_ratio else "train"
 
-    def assign(self, path: Path, fields: List[str], u: float) -> Optional[str]:
+    def assign(self, file_index: int, record: int, fields: List[str], u: float) -> Optional[str]:
         """The record's split, or None for a test row whose key is also in a non-test row."""
-        split = self._draw(path, fields, u)
+        split = SPLITS[self.plan[file_index][record]] if self.plan is not None else self._draw(file_index, u)
         if split == "test" and self.key and self._key(fields) in self.seen:
             self.duplicates += 1
             return None
         return split
+
+
+def _last(positions: np.ndarray, fraction: float) -> np.ndarray:
+    """The last `fraction` of `positions` (as many as a cut at int(n · (1 - fraction)) leaves)."""
+    return positions[int(len(positions) * (1 - fraction)):]
 
 
 def _number(fields: List[str], index: int) -> float:
@@ -411,14 +602,15 @@ class _CsvInput(ShardInput):
         if not schema.files:
             raise CsvFormatError("data.schema.files is empty: list the files to read (relative to data.schema.root)")
         root = Path(schema.root)
+        val_files = [root / f for f in schema.val_files]
         test_files = [root / f for f in schema.test_files]
         # Training files first: their keys de-duplicate the test rows.
-        self._files = [root / f for f in schema.files] + test_files
+        self._files = [root / f for f in schema.files] + val_files + test_files
         self._schema, self._policy, self._chunk_rows = schema, policy, chunk_rows
         self._main = _Table(self._files[0], schema, "")
         self._layout = _Layout(schema, self._main, root)
-        self._features = _Features(schema, self._layout)
-        self._splitter = _Splitter(schema, self._files, test_files, self._main)
+        self._features = _Features(_with_other_columns(schema, self._layout), self._layout)
+        self._splitter = _Splitter(schema, self._files, val_files, test_files, self._main)
         self.input = str(schema.root)
         self.description = ", ".join(str(f) for f in self._files)
         self.inputs = self._files + [side.table.path for side in self._layout.sides]
@@ -433,24 +625,24 @@ class _CsvInput(ShardInput):
         self._positives = {split: 0 for split in SPLITS}
 
     def files(self, state: ShardState, room: Room) -> Iterator[FileBlocks]:
-        for path, rng in self._splitter.files(self._files):
+        for index, path, rng in self._splitter.files(self._files):
             table = _Table(path, self._schema, "")
             if table.columns != self._main.columns:
                 raise CsvFormatError(f"{path}: header {table.columns} differs from {self._files[0]}'s {self._main.columns}")
-            yield path.name, None, self._blocks(path, table, rng, state)
+            yield path.name, None, self._blocks(index, path, table, rng, state)
 
-    def _blocks(self, path: Path, table: _Table, rng: np.random.Generator, state: ShardState) -> Iterator[Block]:
+    def _blocks(self, index: int, path: Path, table: _Table, rng: np.random.Generator,
+                state: ShardState) -> Iterator[Block]:
         """Blocks of up to `chunk_rows` rows per split as they fill, then each split's rest closing it."""
         blocks = {split: _Block() for split in SPLITS}
         width = len(self._main.columns)
-        for line, fields in table.records():
-            split = self._splitter.assign(path, fields, rng.random())
-            problem = None
-            if len(fields) != width:
+        for record, (line, fields, problem) in enumerate(table.records()):
+            split = self._splitter.assign(index, record, fields, rng.random())
+            if problem is None and len(fields) != width:
                 problem = BadLine(line, "field count", f"{len(fields)} fields, expected {width}")
-            elif split is None:
-                continue
-            else:
+            if problem is None:
+                if split is None:
+                    continue
                 try:
                     label, dense, single, bags, missing = self._features.parse(self._layout.joined(fields))
                 except ValueError as error:
@@ -513,21 +705,23 @@ class _CsvInput(ShardInput):
             "splits": {s: {"rows": self._rows[s], "positives": self._positives[s]} for s in SPLITS},
             "test_rows_deduplicated": self._splitter.duplicates,
             "timestamp_cutoff": self._splitter.cutoff,
+            "timestamp_ties": self._splitter.ties,
             "joins": [{"path": str(side.table.path), "unmatched_rows": side.unmatched} for side in self._layout.sides],
             "stats": {"bags_truncated": self._truncated},
         }
 
 
 def csv_shards(path: str, schema, shuffle_buffer: int = SHUFFLE_BUFFER, seed: int = 0,
-               verify_checksums: bool = False) -> ShardSource:
+               verify_checksums: bool = True, batch_size: int = 2048) -> ShardSource:
     """The RowSource of `data=<csv data set>`: its shards, split as preprocessing assigned the rows.
 
     Refuses shards written from another schema, so a changed schema is never trained on stale shards.
     """
+    expected = json.loads(json.dumps(asdict(as_schema(schema))))
     source = ShardSource(path, split_by=SplitBy.preprocessed, shuffle_buffer=shuffle_buffer, seed=seed,
-                         verify_checksums=verify_checksums)
+                         verify_checksums=verify_checksums, batch_size=batch_size)
     written = source.meta.get("settings", {}).get("schema")
-    if written != json.loads(json.dumps(asdict(as_schema(schema)))):
+    if written != expected:
         raise CsvFormatError(f"{path} was not written from this data.schema; run launch/preprocess.py "
                              "data=<this data set> overwrite=true")
     return source

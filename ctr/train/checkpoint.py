@@ -49,10 +49,12 @@ DIGESTS_PREFIX = "digests_rank"
 RESUME_INDEPENDENT_KEYS = (
     "checkpoint",
     "distributed.backend",
+    "data.batch_size",
     "trainer.progress_bar",
     "trainer.tensorboard",
     "trainer.log_every_steps",
     "trainer.max_steps",
+    "trainer.eval_every",
     "trainer.eval_every_steps",
     "trainer.eval_batch_size",
     "trainer.early_stopping_patience",
@@ -250,13 +252,20 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)
-            if name is None:
-                for old in complete_steps(self.directory)[: -self.keep_last]:
-                    shutil.rmtree(old)
+            self._prune(keep_steps=name is None)
         dist.barrier()
         if rank == 0:
             log.info("checkpoint %s written in %.2f s", final, time.perf_counter() - started)
         return final
+
+    def _prune(self, keep_steps: bool) -> None:
+        """Rank 0, after a save: removes the step checkpoints past `keep_last` (when a step was
+        saved) and any `.partial` a crashed save left (every rank has finished this one)."""
+        if keep_steps:
+            for old in complete_steps(self.directory)[: -self.keep_last]:
+                shutil.rmtree(old)
+        for stale in self.directory.glob(f"*{PARTIAL_SUFFIX}"):
+            shutil.rmtree(stale)
 
     def verify(self, path: Path) -> Optional[str]:
         """What is wrong with checkpoint `path`, or None; every rank hashes its share of the files."""

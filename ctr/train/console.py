@@ -1,4 +1,5 @@
-"""Keeps the console to what a user needs: library deprecation chatter is dropped."""
+"""Keeps the console to what a user needs: library chatter known to be harmless is dropped,
+every other warning is kept."""
 
 import logging
 import warnings
@@ -21,6 +22,14 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"fbgemm_gpu\..*")
     # TorchRec's train pipeline traces the model with torch.fx, which logs a warning.
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    # torchmetrics trims the predictions it gathers from ranks holding different numbers of
+    # rows with a list of slices, which torch warns will mean something else from 2.9 on; the
+    # trim is right on this torch (tests/train/test_metrics.py checks uneven splits).
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            module=r"torchmetrics\..*")
+    # launch/evaluate.py and launch/export.py load a checkpoint in one process on purpose.
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized",
+                            module=r"torch\.distributed\.checkpoint\..*")
 
 
 def configure_worker_logging(run_dir: Path, rank: int) -> None:

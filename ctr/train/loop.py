@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ctr.parallel.planner import uses_uvm_caching
 from ctr.parallel.process_group import DistributedEnv
+from ctr.train.guards import check_finite_loss
 from ctr.train.scalars import Scalars, learning_rates, peak_memory_per_rank
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ class Hooks:
     def finish(self, result: TrainResult, start_step: int) -> None:
         """The run's last checkpoint (if it trained any step) and its last validation (unless
         it stopped early), each unless the loop ran it after the last step."""
-        if self.on_checkpoint is not None and result.steps > start_step and not self.checkpoint_due(result.steps):
+        # An early stop leaves the loop before its checkpoint of that step, due or not.
+        last_saved = self.checkpoint_due(result.steps) and not result.stopped_early
+        if self.on_checkpoint is not None and result.steps > start_step and not last_saved:
             self.on_checkpoint(result.steps)
         if self.on_eval is not None and not (result.stopped_early or self.eval_due(result.steps)):
             self.on_eval(result.steps)
@@ -96,6 +99,8 @@ def train(
     The pipeline distributes batch i+1's sparse input while batch i computes, where the
     device has streams to overlap them (CUDA); on CPU it runs the same stages in order.
     The hooks' end-of-run work (`Hooks.finish`) runs last, not counted in the timings.
+    A nan or inf loss stops training (`check_finite_loss`) at the next log step, or before
+    the next checkpoint or validation, whichever comes first.
     """
     hooks = hooks or Hooks()
     model.train()
@@ -112,6 +117,7 @@ def train(
     window_samples = 0
     # Step losses stay on the device until a log step: reading each one would wait for its step.
     window_losses: List[torch.Tensor] = []
+    checked = start_step  # the loss is known finite up to this step
     while result.steps < total:
         try:
             loss, _, labels = pipeline.progress(iterator)
@@ -135,6 +141,8 @@ def train(
             recent = torch.stack(window_losses)
             window_losses.clear()
             mean_loss = _global_mean(recent)
+            check_finite_loss(mean_loss, step, recent)
+            checked = step
             result.losses.extend(recent.tolist())
             memory = peak_memory_per_rank(env.device)
             bar.set_postfix(loss=f"{mean_loss:.4f}", samples_per_s=f"{rate:,.0f}")
@@ -147,6 +155,10 @@ def train(
                     step,
                 )
             window_start, window_samples = now, 0
+        elif hooks.eval_due(step) or hooks.checkpoint_due(step):
+            unchecked = torch.stack(window_losses[checked - step:])  # the steps since the last check
+            check_finite_loss(_global_mean(unchecked), step, unchecked)
+            checked = step
         if hooks.eval_due(step):
             pipeline.detach()  # evaluation calls the model's own forward
             stop = hooks.on_eval(step)

@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctr.atomic import write_json_atomic
 from ctr.build import Trainable, build_trainable, seed_everything
+from ctr.config import EvalEvery
 from ctr.data.reader import TrainBatches, train_batches, train_steps_per_epoch
+from ctr.data.shards import ShardSource
 from ctr.parallel.comms import wire_bytes
 from ctr.parallel.optimizers import fused_state_bytes
 from ctr.parallel.plan_summary import bytes_per_rank, format_estimates, format_plan, plan_report, pooled_comms_bytes
@@ -23,6 +25,7 @@ from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, training_config
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
+from ctr.train.guards import check_config, check_steps
 from ctr.train.loop import Hooks, TrainResult, train
 from ctr.train.metrics import auc_bins_setting
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
@@ -32,12 +35,15 @@ from ctr.train.validation import Validation
 log = logging.getLogger(__name__)
 
 JOB_START_ENV = "CTR_JOB_START"
+# Fewer steps than this per epoch: the start-up log says so (the batch suits bigger data).
+FEW_STEPS_PER_EPOCH = 50
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     """Trains and evaluates per `cfg`, writing the plan and metrics into `run_dir` (rank 0)."""
     # ctr's launcher stamps the job's start; under torchrun the rank's own start stands in.
     job_start = float(os.environ.get(JOB_START_ENV, time.time()))
+    check_config(cfg)
     quiet_library_noise()
     return in_process_group(lambda env: _run(cfg, run_dir, env, job_start), cfg.distributed.backend)
 
@@ -75,6 +81,7 @@ class Fitted:
     start_step: int  # the step training resumed from (0: a fresh start)
     validation: Validation
     scalars: Scalars
+    checkpoint_dir: Path
 
 
 def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) -> Fitted:
@@ -83,11 +90,16 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     model, optimizer, source = built.model, built.optimizer, built.source
     steps_per_epoch = train_steps_per_epoch(source.num_rows("train"), trainer.batch_size, env.world_size)
     total_steps = steps_per_epoch * trainer.epochs
+    eval_every_steps = _eval_every_steps(trainer, steps_per_epoch)
+    if env.is_main:
+        _log_data_size(source, trainer.batch_size, env.world_size, steps_per_epoch)
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
     checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last, env.device, training_config(cfg))
     start_step = 0
     resume_from = checkpointer.resume_point(ckpt.resume, ckpt.allow_config_change)
+    check_steps(steps_per_epoch, source.num_rows("train"), trainer.batch_size, env.world_size, trainer.max_steps,
+                resume_from is not None)
     if resume_from is not None:
         start_step = checkpointer.load(resume_from, model, optimizer, scheduler, weights_only=ckpt.weights_only)
 
@@ -104,7 +116,7 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
         save_best if ckpt.keep_best else None, scalars, env.is_main, best=best_value(checkpointer.directory),
     )
     hooks = Hooks(
-        eval_every_steps=trainer.eval_every_steps,
+        eval_every_steps=eval_every_steps,
         on_eval=validation if source.num_rows("val") > 0 else None,
         checkpoint_every_steps=ckpt.every_steps,
         on_checkpoint=lambda step: checkpointer.save(step, model, optimizer, scheduler),
@@ -123,7 +135,7 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
         hooks=hooks,
         scalars=scalars,
     )
-    return Fitted(result, start_step, validation, scalars)
+    return Fitted(result, start_step, validation, scalars, checkpointer.directory)
 
 
 def _report(
@@ -160,6 +172,12 @@ def _report(
     fitted.scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
     fitted.scalars.close()
     if env.is_main:
+        if isinstance(built.source, ShardSource):
+            summary["splits"] = built.source.split_counts()
+        summary["run_dir_bytes"] = _disk_bytes(run_dir)
+        summary["checkpoint_bytes"] = _disk_bytes(fitted.checkpoint_dir)
+        log.info("run directory %s: %s on disk (checkpoints %s)", run_dir, _human(summary["run_dir_bytes"]),
+                 _human(summary["checkpoint_bytes"]))
         teacher = f" (teacher {metrics['teacher_auc']:.4f})" if "teacher_auc" in metrics else ""
         log.info(
             "test AUC %.4f%s  log-loss %.4f  NE %.4f  calibration %.3f  |  %d steps, %.0f samples/s",
@@ -168,6 +186,37 @@ def _report(
         )
         write_json_atomic(run_dir / "metrics.json", summary)
     return summary
+
+
+def _eval_every_steps(trainer: DictConfig, steps_per_epoch: int) -> Optional[int]:
+    """Steps between validations: an epoch's with `trainer.eval_every=epoch`, else `eval_every_steps`."""
+    if trainer.eval_every != EvalEvery.epoch:
+        return trainer.eval_every_steps
+    if trainer.eval_every_steps is not None:
+        raise ValueError(f"trainer.eval_every=epoch and trainer.eval_every_steps={trainer.eval_every_steps}: "
+                         "set one of them")
+    return steps_per_epoch
+
+
+def _log_data_size(source, batch_size: int, world_size: int, steps_per_epoch: int) -> None:
+    """The splits' sizes (and positives, for shards), and a warning when an epoch is only a few steps."""
+    if isinstance(source, ShardSource):
+        counts = source.split_counts()
+        log.info("splits: %s", ", ".join(f"{s} {c['rows']:,} rows ({c['positives']:,} positive)" for s, c in counts.items()))
+    else:
+        log.info("splits: %s", ", ".join(f"{s} {source.num_rows(s):,} rows" for s in ("train", "val", "test")))
+    if steps_per_epoch < FEW_STEPS_PER_EPOCH:
+        log.warning("an epoch is only %d steps (%d train rows, batch %d per rank × %d ranks; the data config "
+                    "recommends %d): lower trainer.batch_size, or the data config's data.batch_size",
+                    steps_per_epoch, source.num_rows("train"), batch_size, world_size, source.batch_size)
+
+
+def _disk_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()) if directory.is_dir() else 0
+
+
+def _human(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _train_batches(source, hashing, cfg: DictConfig, env: DistributedEnv, start_step: int, total_steps: int):

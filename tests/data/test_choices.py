@@ -27,12 +27,19 @@ def _message(error: pytest.ExceptionInfo) -> str:
     [
         (compose, ["data=criteo", "data.split_by=days"], "data.split_by", ["ratio", "day", "preprocessed"]),
         (compose, ["data=movielens100k", "data.schema.split.by=time"], "data.schema.split.by",
-         ["ratio", "timestamp", "files"]),
+         ["ratio", "timestamp", "files", "order"]),
         (compose, ["data=sparrowrecsys", "data.schema.dense.0.normalize=zscore"], "data.schema.dense[0].normalize",
          ["none", "standardize", "minmax"]),
         (_compose_preprocess, ["on_bad_row=drop"], "on_bad_row", ["error", "skip"]),
+        (compose, ["data=movielens100k", "data.schema.split.val_by=last"], "data.schema.split.val_by",
+         ["random", "order"]),
+        (compose, ["data=movielens100k", "data.schema.other_columns=all"], "data.schema.other_columns",
+         ["none", "categorical"]),
+        (compose, ["data=movielens100k_temporal", "data.schema.derived.1.date_part=decade"],
+         "data.schema.derived[1].date_part", ["year", "month", "day", "weekday", "hour"]),
+        (compose, ["trainer.eval_every=step"], "trainer.eval_every", ["epoch"]),
         (_compose_preprocess, ["data=movielens100k", "data.schema.split.by=random"], "data.schema.split.by",
-         ["ratio", "timestamp", "files"]),
+         ["ratio", "timestamp", "files", "order"]),
     ],
 )
 def test_a_wrong_choice_fails_at_composition_naming_the_key_and_the_choices(compose_with, overrides, key, allowed):

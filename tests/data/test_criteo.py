@@ -84,16 +84,33 @@ def test_a_last_line_without_newline_but_complete_is_kept(tmp_path):
     assert preprocess(str(path), str(tmp_path / "out"), progress_bar=False)["num_rows"] == len(GOOD)
 
 
-def test_a_truncated_gzip(tmp_path):
+def test_a_truncated_gzip_is_refused_under_either_policy_naming_the_last_line_read(tmp_path):
+    """The rows past the break cannot be counted, so skipping would under-report them (1 bad row for 162 lost)."""
     lines = criteo_lines(2000, seed=2)
     data = gzip.compress("".join(lines).encode())
     path = tmp_path / "day_0.gz"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CriteoFormatError, match=f"{path}:\\d+: truncated or corrupt gzip stream"):
+    for policy in ("error", "skip"):
+        with pytest.raises(CriteoFormatError, match=f"{path}: truncated or corrupt gzip stream .* after line \\d+; "
+                                                    "the rest of the file cannot be read or counted"):
+            preprocess(str(path), str(tmp_path / policy), on_bad_row=policy, progress_bar=False)
+        assert not (tmp_path / policy / "meta.json").exists()
+
+
+def test_a_file_named_gz_that_is_not_gzip_is_not_called_empty(tmp_path):
+    path = write_criteo(tmp_path / "day_0.gz", GOOD, compress=False)
+    with pytest.raises(CriteoFormatError, match=f"{path}: truncated or corrupt gzip stream .*Not a gzipped file"):
         preprocess(str(path), str(tmp_path / "out"), progress_bar=False)
+
+
+def test_a_huge_bad_row_is_quoted_capped_in_errors_and_meta(tmp_path):
+    huge = "1\t" + "9" * 2_000_000 + "\t" * 38 + "\n"
+    path = write_criteo(tmp_path / "train.txt", GOOD + [huge])
+    with pytest.raises(CriteoFormatError, match="characters in all") as error:
+        preprocess(str(path), str(tmp_path / "out"), progress_bar=False)
+    assert len(str(error.value)) < 2000
     meta = preprocess(str(path), str(tmp_path / "skip"), on_bad_row="skip", progress_bar=False)
-    assert 0 < meta["num_rows"] < 2000
-    assert meta["bad_rows"]["by_kind"].get("truncated gzip") == 1
+    assert meta["bad_rows"]["total"] == 1 and (tmp_path / "skip" / "meta.json").stat().st_size < 100_000
 
 
 def test_missing_and_empty_inputs_fail_before_any_work(tmp_path):

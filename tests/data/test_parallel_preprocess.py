@@ -9,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from ctr.data import parallel_preprocess
+from ctr.data.criteo import CriteoFormatError
 from ctr.data.parallel_preprocess import PARTS_DIR
 from ctr.data.preprocess import preprocess
+from ctr.data.shard_format import shard_file
 from ctr.data.shards import ShardSource
 from tests.conftest import REPO
 from tests.data.criteo_files import criteo_lines, write_criteo
@@ -53,7 +57,54 @@ def test_shards_and_meta_are_byte_identical_for_1_2_and_3_workers(tmp_path):
                        verify_checksums=True).rows("train", 0, meta["num_rows"])
     # I1 holds each line's index: every line, once, in file order (log1p of the index).
     expected = [i for i in range(3100) if i not in (1203, 1400)]
-    assert (rows.dense[:, 0] == __import__("numpy").log1p(expected).astype("float32")).all()
+    assert (rows.dense[:, 0] == np.log1p(expected).astype("float32")).all()
+    # Each part's shard positives, renumbered with its shards, so split counts read no shard.
+    labels = [np.load(shard_file(tmp_path / "w1", s["index"], "label")).sum() for s in meta["shards"]]
+    assert meta["shard_positives"] == labels and sum(labels) == meta["stats"]["label"]["positives"]
+    assert ShardSource(str(tmp_path / "w3")).split_counts() == ShardSource(str(tmp_path / "w1")).split_counts()
+
+
+def test_a_truncated_gzip_read_by_a_worker_is_refused_naming_its_last_line(tmp_path):
+    data = tmp_path / "in"
+    write_criteo(data / "a.txt", criteo_lines(1500, seed=1))
+    gz = write_criteo(data / "b.txt.gz", criteo_lines(700, seed=2, first_index=1500))
+    gz.write_bytes(gz.read_bytes()[: gz.stat().st_size // 2])
+    for policy in ("error", "skip"):
+        with pytest.raises(Exception, match=f"{gz}: truncated or corrupt gzip stream .* after line \\d+; "
+                                            "the rest of the file cannot be read or counted"):
+            preprocess(str(data), str(tmp_path / policy), on_bad_row=policy, workers=2, **_SMALL)
+        assert not (tmp_path / policy / "meta.json").exists()
+
+
+def test_overwrite_removes_what_an_interrupted_parallel_run_wrote_and_nothing_else(tmp_path, monkeypatch):
+    data = _inputs(tmp_path / "in")
+    stopped = tmp_path / "stopped"
+    with pytest.raises(CriteoFormatError, match="a.txt:1204"):  # parts before the bad line's are done
+        preprocess(str(data), str(stopped), **_SMALL)
+    assert list(stopped.glob(f"{PARTS_DIR}/*/done.json")) and list(stopped.glob(f"{PARTS_DIR}/*/*.npy"))
+    (stopped / PARTS_DIR / "00000" / "mine.npy").write_bytes(b"not ctr's")
+    with pytest.raises(FileExistsError, match=f"not empty and holds no shards of ctr's \\(it holds {PARTS_DIR}\\)"):
+        preprocess(str(data / "c.txt"), str(stopped), overwrite=True, **_SMALL)
+    assert sorted(str(p.relative_to(stopped)) for p in stopped.rglob("*")) == [
+        PARTS_DIR, f"{PARTS_DIR}/00000", f"{PARTS_DIR}/00000/mine.npy"]
+    (stopped / PARTS_DIR / "00000" / "mine.npy").unlink()
+    preprocess(str(data / "c.txt"), str(stopped), overwrite=True, **_SMALL)
+    preprocess(str(data / "c.txt"), str(tmp_path / "clean"), **_SMALL)
+    assert _contents(stopped) == _contents(tmp_path / "clean")
+
+    # A merge interrupted after moving the parts' shards into the directory, before meta.json.
+    merged = tmp_path / "merged"
+    monkeypatch.setattr(parallel_preprocess, "write_meta", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess(str(data), str(merged), on_bad_row="skip", **_SMALL)
+    monkeypatch.undo()
+    assert len(list(merged.glob("*.label.npy"))) > len(_contents(tmp_path / "clean")["meta"]["shards"])
+    preprocess(str(data / "c.txt"), str(merged), overwrite=True, **_SMALL)
+    assert _contents(merged) == _contents(tmp_path / "clean")
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
 def test_torchrun_ranks_write_the_same_shards_as_one_process(tmp_path):
@@ -86,7 +137,8 @@ def test_a_killed_worker_fails_the_run_which_resumes_per_part_with_other_worker_
     proc = subprocess.Popen([sys.executable, "-c", _RUN, str(path), str(out)], cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
-    while not list(out.glob(f"{PARTS_DIR}/*/progress.npz")) and time.monotonic() < deadline:
+    # A part's shard 1 exists only once its shard 0 is recorded (the progress record comes before any shard).
+    while not list(out.glob(f"{PARTS_DIR}/*/00001.label.npy")) and time.monotonic() < deadline:
         time.sleep(0.01)
     workers = _spawned_workers(proc.pid)
     assert workers, "no worker to kill"

@@ -60,7 +60,8 @@ def test_a_run_killed_midway_leaves_no_valid_directory_and_resumes_to_the_same_s
     proc = _child(str(path), str(out), "1000")
     deadline = time.monotonic() + 60
     progress = out / PARTS_DIR / "00000" / PROGRESS_FILE
-    while not progress.exists() and time.monotonic() < deadline:
+    # Part 0's shard 1 first column exists only once shard 0 is recorded in the part's progress file.
+    while not (out / PARTS_DIR / "00000" / "00001.label.npy").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -71,10 +72,11 @@ def test_a_run_killed_midway_leaves_no_valid_directory_and_resumes_to_the_same_s
     resumed = preprocess(str(path), str(out), shard_rows=1000, progress_bar=False)
     clean = preprocess(str(path), str(tmp_path / "clean"), shard_rows=1000, progress_bar=False)
     assert resumed["last_run"]["rows"] < 30_000
-    for key in ("num_rows", "shards", "stats", "bad_rows"):
+    for key in ("num_rows", "shards", "shard_positives", "stats", "bad_rows"):
         assert resumed[key] == clean[key]
-    assert not (out / PARTS_DIR).exists() and not list(out.glob("*.tmp"))
-    ShardSource(str(out), verify_checksums=True)
+    assert not (out / PARTS_DIR).exists() and not (out / PROGRESS_FILE).exists() and not list(out.glob("*.tmp"))
+    source = ShardSource(str(out))  # checksums verified as each shard is read
+    assert sum(len(source.rows(split, 0, source.num_rows(split))) for split in ("train", "val", "test")) == 30_000
 
 
 def test_a_finished_directory_is_kept_and_another_input_is_refused(tmp_path):

@@ -81,3 +81,61 @@ def test_progress_saved_in_another_layout_is_refused_not_misread(tmp_path):
     meta = write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, overwrite=True,
                         progress_bar=False)
     assert meta["num_rows"] == 7
+
+
+def test_overwrite_removes_only_the_files_the_previous_run_listed(tmp_path):
+    """overwrite=true once deleted every *.npy and *.tmp in the output, whoever wrote them."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+    write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    theirs = [out / "embeddings.npy", out / "notes.tmp", out / "00009.label.npy", out / "00000.other.npy"]
+    for file in theirs:
+        file.write_bytes(b"not ctr's")
+    with pytest.raises(FileExistsError, match="not empty and holds no shards of ctr's .*00000.other.npy"):
+        write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+                     progress_bar=False)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in theirs)
+    assert all(file.read_bytes() == b"not ctr's" for file in theirs)
+
+
+def test_overwrite_after_an_interrupted_first_shard_removes_its_files(tmp_path):
+    """The progress record is saved before the first shard, so a shard written in part is known as ctr's."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+
+    class _Interrupted(_ResumableToy):
+        def files(self, state, room):
+            for name in self.columns[:2]:
+                (out / f"00000.{name}.npy").write_bytes(b"half a shard")
+            (out / f"00000.{self.columns[2]}.npy.tmp").write_bytes(b"half a column")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(lambda *settings: _Interrupted(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    (out / "mine.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="holds no shards of ctr's \\(it holds mine.txt\\)"):
+        write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+                     progress_bar=False)
+    (out / "mine.txt").unlink()
+    assert write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+                        progress_bar=False)["num_rows"] == 7
+
+
+def test_a_source_that_starts_over_removes_the_unfinished_runs_shards(tmp_path):
+    """A non-resumable source rewrites from shard 0: the old run's later shards must not linger, unlisted."""
+    path, out = tmp_path / "rows.txt", tmp_path / "out"
+    path.write_text("seven rows\n")
+    toy = _Toy(path, BadRowPolicy.error, 4, 4)
+    out.mkdir()
+    listed = [{"index": i, "rows": 4, "file": "rows.txt", "day": None, "sha256": {c: "" for c in toy.columns}}
+              for i in range(4)]
+    old = {"source": {}, "rows": 16, "shards": listed, "bad": {}, "examples": [], "positives": 8,
+           "missing": [0, 0], "dense_sum": [0.0]}
+    np.savez(out / PROGRESS_FILE, fingerprint=input_fingerprint(toy.inputs, toy.settings), scalars=json.dumps(old))
+    for shard in listed:
+        for column in toy.columns:
+            (out / f"{shard['index']:05d}.{column}.npy").write_bytes(b"old")
+    meta = write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    assert len(meta["shards"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["meta.json"] + [f"0000{i}.{c}.npy" for i in range(2) for c in toy.columns])

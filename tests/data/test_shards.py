@@ -43,15 +43,36 @@ def test_a_directory_without_valid_meta_is_refused(tmp_path, shards):
         ShardSource(str(tmp_path))
 
 
-def test_a_corrupted_shard_fails_checksum_verification(tmp_path, shards):
+def _copy(shards, directory):
     for path in shards.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
-    column = np.load(tmp_path / "00001.C3.npy")
-    column[5] += 1
-    np.save(tmp_path / "00001.C3.npy", column)
-    ShardSource(str(tmp_path))
-    with pytest.raises(InvalidShardDirectory, match="00001.C3.npy: checksum differs"):
-        ShardSource(str(tmp_path), verify_checksums=True)
+        (directory / path.name).write_bytes(path.read_bytes())
+    return directory
+
+
+def test_a_flipped_bit_is_refused_by_default_when_its_shard_is_first_read(tmp_path, shards):
+    path = _copy(shards, tmp_path) / "00001.C3.npy"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x04
+    path.write_bytes(bytes(data))
+    source = ShardSource(str(tmp_path), shuffle_buffer=0)
+    source.rows("train", 0, 10)  # shard 0 is intact
+    with pytest.raises(InvalidShardDirectory, match="00001.C3.npy: checksum differs from meta.json"):
+        source.rows("train", 700, 710)
+    unchecked = ShardSource(str(tmp_path), shuffle_buffer=0, verify_checksums=False)
+    assert len(unchecked.rows("train", 700, 710)) == 10
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda data: data[:-8], "cannot be read as a shard column .*mmap length"),
+    (lambda data: data + b"\0" * 8, "is \\d+ bytes, its header says"),
+    (lambda data: b"garbage" + data[7:], "cannot be read as a shard column"),
+])
+def test_a_truncated_or_damaged_shard_is_refused_naming_the_file_even_unverified(tmp_path, shards, change, problem):
+    path = _copy(shards, tmp_path) / "00002.I4.npy"
+    path.write_bytes(change(path.read_bytes()))
+    source = ShardSource(str(tmp_path), shuffle_buffer=0, verify_checksums=False)
+    with pytest.raises(InvalidShardDirectory, match=f"{path}.*{problem}"):
+        source.rows("train", 1400, 1410)
 
 
 def test_ratio_splits_are_consecutive_and_cover_every_row_once(shards):

@@ -214,3 +214,64 @@ def test_training_refuses_shards_of_another_schema(tmp_path):
     assert csv_shards(str(tmp_path / "out"), _schema(tmp_path)).num_rows("test") > 0
     with pytest.raises(CsvFormatError, match="not written from this data.schema"):
         csv_shards(str(tmp_path / "out"), _schema(tmp_path, label=LabelConfig(column="rating", threshold=3)))
+
+
+def test_nan_and_inf_in_a_dense_column_or_the_label_are_bad_rows(tmp_path):
+    """One nan made the normalisation statistics, and then every training loss, nan."""
+    bad = ["u1,m1,5,1,nan,,,,", "u1,m1,5,1,inf,,,,", "u1,m1,NaN,1,3,,,,", "u1,m1,5,1,-Infinity,,,,"]
+    _write(tmp_path / "ratings.csv", _lines(10) + bad + _lines(5, seed=1))
+    with pytest.raises(CsvFormatError, match=r"ratings\.csv:12: dense column count is 'nan', not a finite number"):
+        _run(tmp_path, _schema(tmp_path))
+    meta = _run(tmp_path, _schema(tmp_path), on_bad_row="skip", overwrite=True)
+    assert meta["num_rows"] == 15 and meta["bad_rows"]["by_kind"] == {"value": 4}
+    assert "label column rating is 'NaN', not a finite number" in meta["bad_rows"]["examples"][2]
+    assert all(np.isfinite(meta["dense_transform"][key]).all() for key in ("shift", "scale"))
+
+
+def test_an_unbalanced_quote_is_one_bad_row_named_at_its_line(tmp_path):
+    """The quote once swallowed the rest of the file: blamed on its last line, 48 of 3000 rows kept, 1 counted."""
+    lines = _lines(3000)
+    lines[49] = lines[49].replace(",m", ',"m', 1)
+    _write(tmp_path / "ratings.csv", lines)
+    with pytest.raises(CsvFormatError, match=r"ratings\.csv:51: a quote opened on this line is not closed"):
+        _run(tmp_path, _schema(tmp_path))
+    meta = _run(tmp_path, _schema(tmp_path), on_bad_row="skip", overwrite=True)
+    assert meta["num_rows"] == 2999 and meta["bad_rows"]["by_kind"] == {"unbalanced quote": 1}
+    assert meta["bad_rows"]["examples"][0].split(": ")[0].endswith("ratings.csv:51")
+
+
+def test_a_quoted_field_spanning_lines_is_still_one_record(tmp_path):
+    lines = _lines(20)
+    lines[5] = 'u1,"m\n1",5,1000,3,,,,'
+    _write(tmp_path / "ratings.csv", lines)
+    assert _run(tmp_path, _schema(tmp_path))["num_rows"] == 20
+
+
+@pytest.mark.parametrize("changes,key", [
+    ({"sparse": [SparseConfig(name="genres", columns=["genres"], delimiter="|", max_length=-1)]},
+     r"sparse\[0\]\.max_length=-1"),
+    ({"sparse": [SparseConfig(name="genres", columns=["genres"], delimiter="")]}, r"sparse\[0\]\.delimiter=''"),
+    ({"delimiter": ""}, r"data\.schema\.delimiter=''"),
+    ({"encoding": "utf-99"}, r"data\.schema\.encoding='utf-99' is not an encoding"),
+    ({"sparse": [SparseConfig(name="a/b", columns=["user"])]}, r"sparse\[0\]\.name='a/b'"),
+    ({"dense": [DenseConfig(column="count", fill=float("nan"))]}, r"dense\[0\]\.fill=nan"),
+])
+def test_schema_values_that_would_crash_late_are_refused_when_it_is_loaded(tmp_path, changes, key):
+    # No data file and no shards: the schema is refused before either would be looked for.
+    with pytest.raises(ValueError, match=key):
+        _run(tmp_path, _schema(tmp_path, **changes))
+    with pytest.raises(ValueError, match=key):
+        csv_shards(str(tmp_path / "out"), _schema(tmp_path, **changes))
+
+
+def test_a_huge_field_is_one_bad_row_quoted_capped(tmp_path):
+    """One 20 MB line once made a 21 MB meta.json."""
+    huge = ["u1,m1,5,1," + "9" * 100_000 + "x,,,,", "u1,m1,5,1," + "9" * 1_000_000 + ",,,,"]
+    _write(tmp_path / "ratings.csv", _lines(10) + huge + _lines(5, seed=1))
+    with pytest.raises(CsvFormatError, match="characters in all") as error:
+        _run(tmp_path, _schema(tmp_path))
+    assert len(str(error.value)) < 2000
+    meta = _run(tmp_path, _schema(tmp_path), on_bad_row="skip", overwrite=True)
+    assert meta["num_rows"] == 15 and meta["bad_rows"]["by_kind"] == {"value": 1, "unparseable": 1}
+    assert "ratings.csv:13: unparseable line (field larger than field limit" in meta["bad_rows"]["examples"][1]
+    assert (tmp_path / "out" / "meta.json").stat().st_size < 100_000

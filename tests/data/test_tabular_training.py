@@ -83,7 +83,7 @@ def test_the_shipped_movielens100k_config_reads_the_real_files(tmp_path):
     assert [j["unmatched_rows"] for j in meta["joins"]] == [0, 0]
     positives = sum(s["positives"] for s in meta["splits"].values())
     assert positives == 34_174 + 21_201  # SOURCE.md: ratings 4 and 5
-    assert meta["splits"]["test"]["rows"] == pytest.approx(20_000, abs=50)
+    assert meta["splits"]["test"]["rows"] == 20_000  # the 20% asked for; ties at the cut-off broken in file order
     assert meta["bag_lengths"] == {"genres": 19}
     rows = csv_shards(data.path, data.schema).rows("test", 0, 1000)
     assert (rows.bags["genres"] >= 0).sum(1).min() >= 1  # every movie has at least one genre flag

@@ -16,8 +16,8 @@ from tests.features.test_vocab import _Ids
 
 HASHINGS = {
     "modulo": lambda: ModuloHashing({"a": 10, "b": 10}),
-    "qr": lambda: QRHashing({"a": 10, "b": 10}, remainder_rows=4),
-    "vocab": lambda: VocabHashing({"a": 10, "b": 10}, _Ids(a=[5, 5, 9], b=[3, 3, 4]), min_count=1),
+    "qr": lambda: QRHashing({"a": 10, "b": 10}, remainder_rows=4, combine="sum"),
+    "vocab": lambda: VocabHashing({"a": 10, "b": 10}, _Ids(a=[5, 5, 9], b=[3, 3, 4]), min_count=1, sample_rows=100),
     "crossed": lambda: CrossedHashing(
         ModuloHashing({"a": 10, "b": 10}), parse_crosses([{"features": ["a", "b"], "num_embeddings": 50}], ["a", "b"])),
 }

@@ -103,7 +103,7 @@ def test_a_kernel_override_is_planned():
         (["+sharding.tables.t_cat_0.rank=1"], "sharding.tables.t_cat_0.rank: not a table override"),
         (["sharding.topology.world_size=64"], "sharding.topology.world_size=64 but this job has 2"),
         (["sharding=uvm_caching"], "sharding.compute_kernel='fused_uvm_caching' needs CUDA"),
-        (["+sharding.tables.t_cat_1.cache_load_factor=0"], "sharding.tables.t_cat_1.cache_load_factor=0: expected a fraction"),
+        (["+sharding.tables.t_cat_1.cache_load_factor=0"], "sharding.tables.t_cat_1.cache_load_factor=0.0: expected a fraction"),
     ],
 )
 def test_a_bad_sharding_option_fails_at_start_up_naming_its_key(overrides, expected):

@@ -101,7 +101,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_pa
     from ctr.build import build_task, optimizers, shard
     from ctr.data.reader import batches
     from ctr.features.hashing import ModuloHashing
-    from ctr.parallel.process_group import init_distributed, shutdown
+    from ctr.parallel.process_group import INIT_METHOD_ENV, init_distributed, shutdown
     from ctr.train.loop import train
     from ctr.train.schedule import build_scheduler
     from tests.hydra_config import compose
@@ -110,8 +110,8 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_pa
     monkeypatch.setenv("RANK", "0")
     for key in ("WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.setenv(key, "1" if "SIZE" in key else "0")
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29731")
+    # A file rendezvous, not a fixed port another test run may hold.
+    monkeypatch.setenv(INIT_METHOD_ENV, f"file://{tmp_path / 'rendezvous'}")
     env = init_distributed("gloo")
     try:
         source = instantiate(cfg.data)
