@@ -1,16 +1,19 @@
 """Is the data pipeline ever the bottleneck? Preprocessing rows/s and reader samples/s vs training.
 
-    .venv/bin/python benchmarks/data_throughput.py [--rows 500000] [--input <criteo file or dir>]
+    .venv/bin/python benchmarks/data_throughput.py [--rows 500000] [--input <criteo file or dir>] [--reader-workers 0 1 2]
 
 Writes Criteo TSV (generated, or `--input`), preprocesses it, streams the train split
-through the reader the way a rank does (shuffled, TorchRec batches), then trains the
-default model (`launch/train.py data=criteo`, 2 ranks under torchrun) on the same shards
-for a few steps, all in the same run on the same machine. The reader should be at
-least 5× faster than training. Results go to `--out` as JSON, and a Markdown table to stdout.
+through one rank's training reader (shuffled, TorchRec batches) with each number of
+reader worker processes, then trains the default model (`launch/train.py data=criteo`,
+2 ranks under torchrun) on the same shards for a few steps, all in the same run on the
+same machine. The reader should be at least 5× faster than training per rank; the
+projection says how many reader workers a GPU rank training at 150k samples/s would need.
+Results go to `--out` as JSON, and a Markdown table to stdout.
 """
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from ctr.data.preprocess import preprocess
-from ctr.data.reader import batches
+from ctr.data.reader import TrainBatches, train_batches, train_steps_per_epoch
 from ctr.data.shards import ShardSource
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,13 +47,20 @@ def write_criteo_tsv(path: Path, num_rows: int, seed: int = 0, block_rows: int =
             f.write("\n".join("\t".join(row) for row in columns.tolist()) + "\n")
 
 
-def reader_samples_per_second(shards: Path, batch_size: int) -> float:
-    """One rank's reader, alone: rows shuffled as by default → TorchRec batches, over the whole train split."""
+def reader_samples_per_second(shards: Path, batch_size: int, workers: int) -> float:
+    """Rank 0 of 2's training reader, alone: rows shuffled as by default → TorchRec batches, over its share
+    of the train split, from `workers` processes (0: the background thread)."""
     source = ShardSource(str(shards))
+    steps = train_steps_per_epoch(source.num_rows("train"), batch_size, 2)
+    dataset = TrainBatches(source, _unchanged, batch_size, 0, 2, 0, steps)
     start, samples = time.perf_counter(), 0
-    for batch in batches(source, "train", batch_size, rank=0, world_size=1, drop_last=True):
+    for batch in train_batches(dataset, workers, pin_memory=False):
         samples += batch.labels.numel()
     return samples / (time.perf_counter() - start)
+
+
+def _unchanged(batch):
+    return batch
 
 
 def training_samples_per_second(shards: Path, steps: int, run_dir: Path) -> dict:
@@ -66,8 +76,10 @@ def training_samples_per_second(shards: Path, steps: int, run_dir: Path) -> dict
 
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "cpu": cpu, "cpu_vector_flags": sorted(f for f in flags if f.startswith(("avx", "sse4", "amx", "fma"))),
+        "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "numpy": np.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         # The allocator moved CPU throughput 2-3x in one early measurement, so report what was in effect.
         "allocator": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"}
@@ -81,6 +93,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, help="Criteo TSV file or directory to use instead of generated rows")
     parser.add_argument("--batch-size", type=int, default=2048, help="reader batch size (training: its default)")
     parser.add_argument("--train-steps", type=int, default=40)
+    parser.add_argument("--reader-workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "benchmarks" / "data_throughput.json")
     args = parser.parse_args()
 
@@ -91,28 +104,34 @@ def main() -> None:
             source = tmp / "train.txt"
             write_criteo_tsv(source, args.rows)
         meta = preprocess(str(source), str(tmp / "shards"), progress_bar=False)
-        reader = reader_samples_per_second(tmp / "shards", args.batch_size)
+        readers = {w: reader_samples_per_second(tmp / "shards", args.batch_size, w) for w in args.reader_workers}
         trained = training_samples_per_second(tmp / "shards", args.train_steps, tmp / "run")
 
-    training = trained["train_samples_per_second"]
+    training = trained["train_samples_per_second"] / 2
+    with_workers = [w for w in readers if w]
+    per_worker = max(readers[w] / w for w in with_workers) if with_workers else readers[0]
     result = {
         "input": str(args.input or f"generated, {args.rows} rows"),
         "rows": meta["num_rows"],
         "preprocess_rows_per_second": meta["last_run"]["rows_per_second"],
-        "reader_samples_per_second": round(reader),
-        "training_samples_per_second_2_ranks": round(training),
-        "reader_over_training": round(reader / training, 1),
+        "reader_samples_per_second_per_rank": {w: round(r) for w, r in readers.items()},
+        "training_samples_per_second_per_rank": round(training),
+        "reader_over_training": {w: round(r / training, 1) for w, r in readers.items()},
+        "reader_workers_for_150k_samples_per_second": math.ceil(150_000 / per_worker),
         "train_steps": trained["train_steps"],
+        "load_average_at_end": os.getloadavg(),
         "machine": machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print("| stage | throughput |\n| --- | ---: |")
     print(f"| preprocess (1 process) | {result['preprocess_rows_per_second']:,} rows/s |")
-    print(f"| reader (1 rank, shuffled, batch {args.batch_size}) | {result['reader_samples_per_second']:,} samples/s |")
-    print(f"| training, default model (2 ranks, total) | {result['training_samples_per_second_2_ranks']:,} samples/s |")
-    print(f"| reader / training | {result['reader_over_training']}x (needs >= 5x) |")
-    print(f"\n{json.dumps(result['machine'])}\nwritten to {args.out}")
+    for workers, rate in result["reader_samples_per_second_per_rank"].items():
+        print(f"| reader, rank 0 of 2, {workers} workers (shuffled, batch {args.batch_size}) | {rate:,} samples/s "
+              f"({result['reader_over_training'][workers]}x training; needs >= 5x) |")
+    print(f"| training, default model (per rank of 2) | {result['training_samples_per_second_per_rank']:,} samples/s |")
+    print(f"| reader workers a GPU rank at 150k samples/s needs | {result['reader_workers_for_150k_samples_per_second']} |")
+    print(f"\n{json.dumps(result['machine'])}\nload average {result['load_average_at_end']}\nwritten to {args.out}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 
+from ctr.data.parallel_preprocess import PART_BYTES
 from ctr.data.schema import SchemaConfig
 from ctr.data.shard_writer import CHUNK_ROWS, SHARD_ROWS, BadRowPolicy
 from ctr.data.shards import SHUFFLE_BUFFER, SplitBy
@@ -224,6 +225,8 @@ class PreprocessConfig:
     chunk_rows: int = CHUNK_ROWS  # lines parsed at a time
     overwrite: bool = False  # true: removes the files a previous run in `output` listed (only those), then starts over
     progress_bar: bool = True
+    workers: int = 1  # local processes writing parts at once (under torchrun: every rank is one worker)
+    part_bytes: int = PART_BYTES  # a file is cut into parts of this many bytes (a gzipped file: one part)
     data: Optional[CsvDataConfig] = None
 
 
@@ -499,6 +502,7 @@ class TrainerConfig:
 
     batch_size: int = II("data.batch_size")  # per rank
     eval_batch_size: int = 8192  # per rank
+    reader_workers: int = 0  # processes building training batches per rank (0: a background thread)
     epochs: int = 1
     max_steps: Optional[int] = None
     log_every_steps: int = 50

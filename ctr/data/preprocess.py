@@ -1,18 +1,23 @@
 """One streaming pass from Criteo TSV to columnar shards: Criteo's blocks of rows and its
-statistics for the shard writer (`ctr.data.shard_writer`).
+statistics for the shard writer (`ctr.data.shard_writer`), cut into parts that many
+processes write at once (`ctr.data.parallel_preprocess`).
 
 Memory stays bounded by one shard's rows (about 270 B × `shard_rows`) plus one block of
-lines being parsed (about 4 KB × `chunk_rows`), whatever the input size. The pass is
-resumable: the position in the input (file, byte offset, line) is saved with each shard.
+lines being parsed (about 4 KB × `chunk_rows`) per worker, whatever the input size. The
+pass is resumable: each part saves its position (byte offset, line) with each shard.
 """
 
+import copy
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from ctr.data import criteo, shard_writer
-from ctr.data.shard_writer import Block, FileBlocks, Room, ShardInput, ShardState
+from ctr.data.parallel_preprocess import PART_BYTES, PartedInput, write_parts
+from ctr.data.shard_writer import Block, FileBlocks, Room, ShardState
 
 _TOP_IDS = 10
 
@@ -28,18 +33,31 @@ def preprocess(
     chunk_rows: int = shard_writer.CHUNK_ROWS,
     overwrite: bool = False,
     progress_bar: bool = True,
+    workers: int = 1,
+    part_bytes: int = PART_BYTES,
 ) -> dict:
     """Turns the Criteo files at `input` into shards in `output`; returns the meta.json content.
 
     `on_bad_row` (`BadRowPolicy`): error stops at the first malformed line, naming file,
     line and problem; skip drops it and counts it. The input, the columns and the output
-    directory are checked before any row is read.
+    directory are checked before any row is read. `workers` processes write the parts
+    (`part_bytes` of a file each, a gzipped file whole); under torchrun every rank is one
+    worker. The output is the same whatever the number of workers.
     """
-    return shard_writer.write_shards(lambda *settings: _CriteoInput(input, log1p, dense_columns, sparse_columns, *settings),
-                                     output, on_bad_row, shard_rows, chunk_rows, overwrite, progress_bar)
+    open_source = functools.partial(_CriteoInput, input, log1p, dense_columns, sparse_columns, part_bytes)
+    return write_parts(open_source, output, on_bad_row, shard_rows, chunk_rows, overwrite, progress_bar, workers)
 
 
-class _CriteoInput(ShardInput):
+@dataclass(frozen=True)
+class Part:
+    """Lines of one input file whose first byte lies in [start, stop) (stop None: to the end)."""
+
+    file_index: int
+    start: int
+    stop: Optional[int]
+
+
+class _CriteoInput(PartedInput):
     """Criteo TSV files as blocks of rows, with the integer features' clamping and maxima counted."""
 
     name = "criteo"
@@ -47,46 +65,72 @@ class _CriteoInput(ShardInput):
     error = criteo.CriteoFormatError
 
     def __init__(self, input: str, log1p: bool, dense_columns: Optional[Sequence[str]],
-                 sparse_columns: Optional[Sequence[str]], policy: shard_writer.BadRowPolicy, shard_rows: int,
-                 chunk_rows: int) -> None:
+                 sparse_columns: Optional[Sequence[str]], part_bytes: int, policy: shard_writer.BadRowPolicy,
+                 shard_rows: int, chunk_rows: int) -> None:
+        if part_bytes < 1:
+            raise ValueError(f"part_bytes={part_bytes}: must be >= 1")
         self.dense, self.sparse = criteo.check_columns(dense_columns, sparse_columns)
         self._files = criteo.discover(Path(input))
         self.input = self.description = str(input)
         self.inputs = [f.path for f in self._files]
         self.settings = {"on_bad_row": policy, "log1p": log1p, "dense": self.dense, "sparse": self.sparse,
-                         "shard_rows": shard_rows}
+                         "shard_rows": shard_rows, "part_bytes": part_bytes}
+        self._part_bytes = part_bytes
+        self._part: Optional[Part] = None
+        self._first_line: Optional[int] = None
         self.columns = ["label", *self.dense, *self.sparse]
         self._policy, self._log1p, self._chunk_rows = policy, log1p, chunk_rows
         self._dense_index = [criteo.DENSE.index(name) for name in self.dense]
         self._sparse_index = [criteo.SPARSE.index(name) for name in self.sparse]
 
+    def parts(self) -> List[Part]:
+        """Every file cut every `part_bytes` (a gzipped file whole), in reading order."""
+        parts = []
+        for index, file in enumerate(self._files):
+            if file.path.suffix == ".gz":
+                parts.append(Part(index, 0, None))
+                continue
+            size = file.path.stat().st_size
+            bounds = list(range(0, size, self._part_bytes)) + [size]
+            parts.extend(Part(index, start, stop) for start, stop in zip(bounds, bounds[1:]))
+        return parts
+
+    def for_part(self, part: Part) -> "_CriteoInput":
+        source = copy.copy(self)
+        source._part, source._first_line = part, None if part.start else 1
+        return source
+
     def start(self) -> Dict[str, object]:
-        return {"file_index": 0, "offset": 0, "line": 1, "negative": [0] * len(self.dense),
+        return {"offset": self._part.start, "line": 1, "negative": [0] * len(self.dense),
                 "raw_max": [0] * len(self.dense), "shard_positives": []}
 
     def files(self, state: ShardState, room: Room) -> Iterator[FileBlocks]:
-        position = state.source
-        for file_index in range(position["file_index"], len(self._files)):
-            file = self._files[file_index]
-            yield file.path.name, file.day, self._blocks(file, state, room)
-            position.update(file_index=file_index + 1, offset=0, line=1)
+        file = self._files[self._part.file_index]
+        yield file.path.name, file.day, self._blocks(file, state, room)
 
     def _blocks(self, file: criteo.CriteoFile, state: ShardState, room: Room) -> Iterator[Block]:
-        """Parsed blocks from the saved position; the position advances as lines are consumed."""
-        position = state.source
+        """Parsed blocks from the saved position to the part's end; the position advances as lines are consumed."""
+        position, stop = state.source, self._part.stop
         with criteo.open_binary(file.path) as stream:
+            if position["offset"] == self._part.start:
+                position["offset"] += _to_line_start(stream, self._part.start)
             stream.seek(position["offset"])
             while True:
-                lines, stream_error = criteo.read_lines(stream, min(self._chunk_rows, room(None)))
+                count = min(self._chunk_rows, room(None))
+                if stop is None:
+                    lines, stream_error = criteo.read_lines(stream, count)
+                else:
+                    lines, stream_error = _lines_starting_before(stream, count, position["offset"], stop), None
                 parsed = criteo.parse_lines(lines, position["line"], self._log1p)
                 for problem in parsed.problems:
-                    state.record_bad(file.path, problem, self._policy, criteo.CriteoFormatError)
+                    line = problem.line + self._lines_before(file.path) - 1
+                    state.record_bad(file.path, problem._replace(line=line), self._policy, criteo.CriteoFormatError)
                 if stream_error:
                     # The rows lost past the break cannot be counted, so no policy can account for them.
+                    last_line = position["line"] + len(lines) - 1 + self._lines_before(file.path) - 1
                     raise criteo.CriteoFormatError(
-                        f"{file.path}: {stream_error} after line {position['line'] + len(lines) - 1}; the rest of "
-                        "the file cannot be read or counted, so it is refused even under on_bad_row=skip: "
-                        "fetch the file again"
+                        f"{file.path}: {stream_error} after line {last_line}; the rest of the file cannot be read "
+                        "or counted, so it is refused even under on_bad_row=skip: fetch the file again"
                     )
                 _count_positives(position["shard_positives"], len(state.shards), parsed.labels)
                 position["offset"] += sum(len(line) for line in lines)
@@ -94,6 +138,14 @@ class _CriteoInput(ShardInput):
                 yield self._block(parsed, position)
                 if not lines:
                     return
+
+    def _lines_before(self, path: Path) -> int:
+        """The file's line number of the part's first line, counted once, when a bad line needs it."""
+        if self._first_line is None:
+            with open(path, "rb") as stream:
+                first_byte = self._part.start + _to_line_start(stream, self._part.start)
+            self._first_line = 1 + _newlines_before(path, first_byte)
+        return self._first_line
 
     def _block(self, parsed: criteo.ParsedLines, position: dict) -> Block:
         """The kept columns of parsed lines; adds their clamped negatives and raw maxima to `position`."""
@@ -108,6 +160,13 @@ class _CriteoInput(ShardInput):
             missing=np.concatenate([parsed.missing[self._dense_index], parsed.missing[sparse_index]]),
             dense_sum=dense.sum(0, dtype=np.float64),
         )
+
+    def merged_position(self, positions: Sequence[dict]) -> dict:
+        """Clamped negatives summed, raw maxima maximised, shard positives listed in part order (as
+        the merge renumbers the shards)."""
+        return {"negative": np.sum([p["negative"] for p in positions], 0, dtype=np.int64).tolist(),
+                "raw_max": np.max([p["raw_max"] for p in positions], 0).tolist(),
+                "shard_positives": [count for p in positions for count in p["shard_positives"]]}
 
     def meta(self, state: ShardState) -> dict:
         position, top, rows = state.source, state.heavy.top(_TOP_IDS), state.rows
@@ -125,9 +184,40 @@ class _CriteoInput(ShardInput):
         }
 
 
+def _to_line_start(stream, start: int) -> int:
+    """Bytes from `start` to the first line beginning at or after it (0 at a file's start)."""
+    if start == 0:
+        return 0
+    stream.seek(start - 1)
+    return len(stream.readline()) - 1
+
+
+def _lines_starting_before(stream, count: int, offset: int, stop: int) -> List[bytes]:
+    """Up to `count` lines from `offset` whose first byte lies before `stop`."""
+    lines = []
+    while len(lines) < count and offset < stop:
+        line = stream.readline()
+        if not line:
+            break
+        lines.append(line)
+        offset += len(line)
+    return lines
+
+
+def _newlines_before(path: Path, stop: int, block: int = 1 << 24) -> int:
+    with open(path, "rb") as stream:
+        count, read = 0, 0
+        while read < stop:
+            data = stream.read(min(block, stop - read))
+            count += data.count(b"\n")
+            read += len(data)
+        return count
+
+
 def _count_positives(counts: list, shard: int, labels: np.ndarray) -> None:
     """Adds a block's positives to its shard's count (a block never spans shards: it is cut to the
     shard's room), so that any split of whole shards is counted without reading it
     (`ShardSource.split_counts`)."""
-    counts.extend([0] * (shard + 1 - len(counts)))
-    counts[shard] += int(labels.sum())
+    if len(labels):  # an empty block (the end of the input) names no shard
+        counts.extend([0] * (shard + 1 - len(counts)))
+        counts[shard] += int(labels.sum())

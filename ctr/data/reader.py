@@ -4,12 +4,19 @@ Rows are addressed by their global index, so the same data set, split into
 `world_size` ranks of `batch_size` rows, gives every step the same global rows whatever
 the world size: step s covers rows [s·W·B, (s+1)·W·B), rank r reads the r-th share.
 This is what lets N-rank training be checked against 1-rank training row for row.
+
+Training batches (`train_batches`) come from a background thread, or from
+`reader_workers` worker processes of a PyTorch DataLoader, so that reading, hashing and
+building the KeyedJaggedTensor never hold the training thread's interpreter lock. Worker
+w of W builds steps w, w+W, ..., and the DataLoader hands them over round-robin, so the
+batches arrive in step order whatever W is.
 """
 
 import queue
 import threading
-from typing import Iterator, Protocol, Sequence, Tuple
+from typing import Callable, Iterator, Protocol, Sequence, Tuple
 
+import torch.utils.data
 from torchrec.datasets.utils import Batch
 
 from ctr.data.rows import Rows, rows_to_batch
@@ -23,7 +30,8 @@ class RowSource(Protocol):
 
     def num_rows(self, split: str) -> int: ...
 
-    def rows(self, split: str, start: int, stop: int) -> Rows: ...
+    def rows(self, split: str, start: int, stop: int, epoch: int = 0) -> Rows:
+        """`epoch` picks the train split's shuffled order (sources without a shuffle ignore it)."""
 
 
 def rank_ranges(
@@ -85,6 +93,58 @@ def num_steps(num_rows: int, batch_size: int, world_size: int, drop_last: bool) 
     """How many steps `rank_ranges` yields."""
     full, remainder = divmod(num_rows, batch_size * world_size)
     return full + (1 if remainder and not drop_last else 0)
+
+
+def train_drops_last(num_rows: int, batch_size: int, world_size: int) -> bool:
+    """Training keeps the last partial step, split across ranks as evaluation splits it,
+    unless it cannot give every rank a row (every rank must take part in each step of the
+    sharded model); only then are its rows (fewer than `world_size`) left out."""
+    return num_rows % (batch_size * world_size) < world_size
+
+
+def train_steps_per_epoch(num_rows: int, batch_size: int, world_size: int) -> int:
+    return num_steps(num_rows, batch_size, world_size, train_drops_last(num_rows, batch_size, world_size))
+
+
+class TrainBatches(torch.utils.data.IterableDataset):
+    """This rank's training batches from global step `start_step` to `total_steps`, across
+    epochs (each epoch in its own shuffled order), each passed through `transform`. In a
+    DataLoader's worker w of W, only steps w, w+W, ... (see the module docstring)."""
+
+    def __init__(self, source: RowSource, transform: Callable[[Batch], Batch], batch_size: int, rank: int,
+                 world_size: int, start_step: int, total_steps: int) -> None:
+        self._source, self._transform = source, transform
+        self._batch_size, self._rank, self._world_size = batch_size, rank, world_size
+        self._start_step, self._total_steps = start_step, total_steps
+        num_rows = source.num_rows("train")
+        self._drop_last = train_drops_last(num_rows, batch_size, world_size)
+        self._steps_per_epoch = num_steps(num_rows, batch_size, world_size, self._drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker = torch.utils.data.get_worker_info()
+        first, stride = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for step in range(self._start_step + first, self._total_steps, stride):
+            yield self._transform(self.batch(step))
+
+    def batch(self, step: int) -> Batch:
+        """The untransformed batch of global step `step`."""
+        epoch, in_epoch = divmod(step, self._steps_per_epoch)
+        num_rows = self._source.num_rows("train")
+        start, stop = next(rank_ranges(num_rows, self._batch_size, self._rank, self._world_size, self._drop_last,
+                                       in_epoch))
+        return rows_to_batch(self._source.rows("train", start, stop, epoch=epoch), self._source.sparse_names)
+
+
+def train_batches(dataset: TrainBatches, workers: int, pin_memory: bool) -> Iterator[Batch]:
+    """The dataset's batches in step order: from a background thread (`workers=0`) or from
+    `workers` DataLoader processes; in page-locked memory when `pin_memory` (CUDA), so the
+    pipeline's copy to the device runs asynchronously."""
+    if workers < 0:
+        raise ValueError(f"trainer.reader_workers={workers}: expected >= 0 (0: a background thread)")
+    if workers == 0:
+        return prefetch(batch.pin_memory() if pin_memory else batch for batch in dataset)
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                            prefetch_factor=2))
 
 
 def prefetch(iterator: Iterator, depth: int = 2) -> Iterator:

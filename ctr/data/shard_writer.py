@@ -32,11 +32,18 @@ from ctr.data.sketches import HeavyHitters, HyperLogLog
 log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.npz"
+# A parallel run's layout (`ctr.data.parallel_preprocess`): each part's shards and progress record in
+# progress.parts/<part>/, its done mark, and the run's fingerprint; listed here so that `written_files`
+# covers them.
+PARTS_DIR = "progress.parts"
+PART_DIGITS = 5
+PART_DONE = "done.json"
+PARTS_FINGERPRINT = "fingerprint"
 # Memory stays near 270 B × SHARD_ROWS (the Criteo shard being filled) + 4 KB × CHUNK_ROWS
 # (the lines being parsed), whatever the input size: about 135 MB with these values.
 SHARD_ROWS = 262_144
 CHUNK_ROWS = 16_384
-_EXAMPLES_KEPT = 20
+EXAMPLES_KEPT = 20
 EXAMPLE_CHARS = 500  # a bad row's problem, as errors and meta.json quote it
 
 
@@ -135,7 +142,7 @@ class ShardState:
         if policy == BadRowPolicy.error:
             raise error(f"{path}:{bad.line}: {message}{hint}")
         self.bad[bad.kind] = self.bad.get(bad.kind, 0) + 1
-        if len(self.examples) < _EXAMPLES_KEPT:
+        if len(self.examples) < EXAMPLES_KEPT:
             self.examples.append(f"{path}:{bad.line}: {message}")
 
 
@@ -221,36 +228,48 @@ def write_shards(
         if state.rows:
             log.info("resuming %s after %d rows in %d shards", out, state.rows, len(state.shards))
     else:
-        for path in written_files(out):  # an unfinished run's shards, which this one starts over
-            path.unlink(missing_ok=True)
+        remove_files(out, written_files(out))  # an unfinished run's shards, which this one starts over
     state.save(out)  # before the first shard, so that its files are listed as ctr's if it is interrupted
     writers = {split: ShardWriter(out, source.columns, shard_rows, state, split) for split in source.splits}
     started, rows_before = time.perf_counter(), state.rows
     bar = tqdm(initial=state.rows, unit=" rows", unit_scale=True, disable=not progress_bar, desc="preprocess")
+    write_blocks(source, state, writers, bar.update)
+    bar.close()
+    return write_meta(out, source, fingerprint, state, state.rows - rows_before, time.perf_counter() - started)
+
+
+def write_meta(out: Path, source: ShardInput, fingerprint: str, state: ShardState, rows_this_run: int,
+               seconds: float, **last_run: Any) -> dict:
+    """Checks the finished state, writes meta.json (last, so the directory becomes valid) and returns it;
+    `last_run` adds figures of this run (timings: the only part that differs between identical runs)."""
+    if not state.rows:
+        raise source.error(f"{source.description}: no valid rows ({sum(state.bad.values())} bad rows skipped); "
+                           "nothing written")
+    source.check(state)
+    meta = _merged(_common_meta(source, fingerprint, state), source.meta(state))
+    meta["last_run"] = {"rows": rows_this_run, "seconds": round(seconds, 3),
+                        "rows_per_second": round(rows_this_run / max(seconds, 1e-9)), **last_run}
+    write_json_atomic(out / META_FILE, meta)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    _log_summary(out, meta)
+    return meta
+
+
+def write_blocks(source: ShardInput, state: ShardState, writers: Dict[Optional[str], "ShardWriter"],
+                 on_rows: Callable[[int], Any]) -> None:
+    """Counts and writes every block the source yields from `state` on, file by file (each
+    file's shards flushed before the next); `on_rows(n)` follows the progress."""
     for file, day, blocks in source.files(state, lambda split: writers[split].room()):
         for block in blocks:
             rows = len(block.columns["label"])
             if rows:
                 state.count(block, source.sparse)
                 writers[block.split].add(block.columns, file, day)
-                bar.update(rows)
+                on_rows(rows)
             if block.closes_split:
                 writers[block.split].flush(file, day)
         for writer in writers.values():
             writer.flush(file, day)
-    bar.close()
-    if not state.rows:
-        raise source.error(f"{source.description}: no valid rows ({sum(state.bad.values())} bad rows skipped); "
-                           "nothing written")
-    source.check(state)
-    meta = _merged(_common_meta(source, fingerprint, state), source.meta(state))
-    seconds = time.perf_counter() - started
-    meta["last_run"] = {"rows": state.rows - rows_before, "seconds": round(seconds, 3),
-                        "rows_per_second": round((state.rows - rows_before) / max(seconds, 1e-9))}
-    write_json_atomic(out / META_FILE, meta)
-    (out / PROGRESS_FILE).unlink(missing_ok=True)
-    _log_summary(out, meta)
-    return meta
 
 
 def input_fingerprint(paths: Sequence[Path], settings: dict) -> str:
@@ -267,8 +286,7 @@ def prepare_output(out: Path, fingerprint: str, overwrite: bool) -> Optional[dic
     """
     if overwrite and out.exists():
         # meta.json goes first, so the directory is invalid while anything else is removed.
-        for path in written_files(out):
-            path.unlink(missing_ok=True)
+        remove_files(out, written_files(out))
     out.mkdir(parents=True, exist_ok=True)
     if (out / META_FILE).exists():
         meta = read_meta(out)
@@ -293,29 +311,93 @@ def prepare_output(out: Path, fingerprint: str, overwrite: bool) -> Optional[dic
 
 
 def written_files(out: Path) -> List[Path]:
-    """The files a previous run wrote in `out`, as its meta.json and progress record list them:
-    meta.json first, then the progress record, every listed shard's column files, the next
-    shard's (an interrupted write), and each one's temporary name (`ctr.atomic`)."""
-    names, shards = [], []
-    meta_path, progress_path = out / META_FILE, out / PROGRESS_FILE
+    """The files a previous run wrote in `out`, as its records list them: meta.json first, then
+    the progress record, every listed shard's column files, the next shard's (an interrupted
+    write), each one's temporary name (`ctr.atomic`), and the parts layout of a parallel run
+    (`part_files`, and the shards an interrupted merge already moved into `out`)."""
     try:
-        if meta_path.exists():
-            meta = parse_meta(meta_path)
-            names.append(META_FILE)
-            shards += [(shard["index"], meta["columns"]) for shard in meta["shards"]]
-        if progress_path.exists():
-            saved = np.load(progress_path)
-            listed = json.loads(str(saved["scalars"]))["shards"]
-            columns = json.loads(str(saved["columns"])) if "columns" in saved.files else (
-                list(listed[0]["sha256"]) if listed else [])
-            names.append(PROGRESS_FILE)
-            shards += [(shard["index"], columns) for shard in listed] + [(len(listed), columns)]
+        return _listed_files(out) + part_files(out) + _merged_part_shards(out)
     except (InvalidShardDirectory, KeyError, TypeError, ValueError, OSError) as error:
         raise FileExistsError(f"{out}: ctr cannot tell which files it wrote there ({error}), so it removes none; "
                               "remove them yourself or choose another output") from error
-    names += [shard_file(out, index, column).name for index, columns in shards for column in columns]
-    paths = dict.fromkeys(out / name for name in names)
-    return [p for path in paths for p in (path, path.with_name(path.name + ".tmp"))]
+
+
+def part_files(out: Path) -> List[Path]:
+    """What a parallel run's parts wrote under `out/progress.parts/`: its fingerprint, and each
+    part directory's listed files (`_listed_files`) and done mark."""
+    parts = out / PARTS_DIR
+    if not parts.is_dir():
+        return []
+    paths = list(_with_temporary(parts / PARTS_FINGERPRINT))
+    for directory in _part_directories(out):
+        paths += _listed_files(directory) + list(_with_temporary(directory / PART_DONE))
+    return paths
+
+
+def remove_files(out: Path, paths: Sequence[Path]) -> None:
+    """Deletes `paths` (those present), then the parts layout's directories once they are empty:
+    a directory that still holds anything (not ctr's) stays, and the output is then refused."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    parts = out / PARTS_DIR
+    for directory in _part_directories(out) + [parts]:
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _part_directories(out: Path) -> List[Path]:
+    parts = out / PARTS_DIR
+    if not parts.is_dir():
+        return []
+    return sorted(d for d in parts.iterdir() if d.is_dir() and d.name.isdigit() and len(d.name) == PART_DIGITS)
+
+
+def _merged_part_shards(out: Path) -> List[Path]:
+    """The shards a merge moved from finished parts into `out` under their final indices, in part
+    order, should it have been interrupted before writing meta.json (the merge starts only once
+    every part is done)."""
+    directories = _part_directories(out)
+    if not directories or not all((d / PART_DONE).exists() for d in directories):
+        return []
+    paths, index = [], 0
+    for directory in directories:
+        listed, columns = _progress_listing(directory)
+        for _ in listed:
+            paths += [p for column in columns for p in _with_temporary(shard_file(out, index, column))]
+            index += 1
+    return paths
+
+
+def _listed_files(directory: Path) -> List[Path]:
+    """The files one directory's meta.json and progress record list (see `written_files`)."""
+    names, shards = [], []
+    meta_path, progress_path = directory / META_FILE, directory / PROGRESS_FILE
+    if meta_path.exists():
+        meta = parse_meta(meta_path)
+        names.append(META_FILE)
+        shards += [(shard["index"], meta["columns"]) for shard in meta["shards"]]
+    if progress_path.exists():
+        listed, columns = _progress_listing(directory)
+        names.append(PROGRESS_FILE)
+        shards += [(shard["index"], columns) for shard in listed] + [(len(listed), columns)]
+    names += [shard_file(directory, index, column).name for index, columns in shards for column in columns]
+    return [p for path in dict.fromkeys(directory / name for name in names) for p in _with_temporary(path)]
+
+
+def _progress_listing(directory: Path) -> Tuple[List[dict], List[str]]:
+    """The shards a progress record lists, and their column names."""
+    path = directory / PROGRESS_FILE
+    if not path.exists():
+        return [], []
+    saved = np.load(path)
+    listed = json.loads(str(saved["scalars"]))["shards"]
+    columns = json.loads(str(saved["columns"])) if "columns" in saved.files else (
+        list(listed[0]["sha256"]) if listed else [])
+    return listed, columns
+
+
+def _with_temporary(path: Path) -> Tuple[Path, Path]:
+    return path, path.with_name(path.name + ".tmp")
 
 
 class ShardWriter:

@@ -35,10 +35,12 @@ class ShardSource:
     as preprocessing assigned them (`split_by="preprocessed"`).
 
     The train split is shuffled within consecutive windows of `shuffle_buffer` rows by a
-    permutation seeded by (seed, window), so every rank computes the same order without
-    talking to the others and ranks' row ranges stay disjoint. The order is the same every
-    epoch. A window is read sequentially and held in memory while its rows are served
-    (about 270 bytes per row for Criteo). val and test keep file order.
+    permutation seeded by (seed, window, epoch), so every rank computes the same order
+    without talking to the others, ranks' row ranges stay disjoint, each epoch has its own
+    order, and a resumed run reads exactly the rows it would have read. A window is read
+    sequentially and held in memory while its rows are served (about 270 bytes per row for
+    Criteo; at most two windows per reading process): whole Criteo days stream through a
+    bounded window. val and test keep file order.
 
     Every column file's row count and size are checked when it is opened, and, with
     `verify_checksums`, its sha256 against meta.json the first time this process opens its
@@ -111,8 +113,8 @@ class ShardSource:
             counts[split] = {"rows": int(offsets[-1]), "positives": positives}
         return counts
 
-    def rows(self, split: str, start: int, stop: int) -> Rows:
-        """Rows [start, stop) of `split` in its (shuffled, for train) order."""
+    def rows(self, split: str, start: int, stop: int, epoch: int = 0) -> Rows:
+        """Rows [start, stop) of `split` in its (shuffled, for train: in `epoch`'s) order."""
         if not 0 <= start <= stop <= self.num_rows(split):
             raise IndexError(f"rows [{start}, {stop}) outside split {split!r} of {self.num_rows(split)} rows")
         if split != "train" or not self._shuffle_buffer or start == stop:
@@ -120,17 +122,17 @@ class ShardSource:
         buffer = self._shuffle_buffer
         pieces = []
         for window in range(start // buffer, (stop - 1) // buffer + 1):
-            rows, permutation = self._window(window)
+            rows, permutation = self._window(window, epoch)
             base = window * buffer
             picked = permutation[max(start, base) - base : min(stop, base + len(permutation)) - base]
             pieces.append(rows.take(picked))
         return concat_rows(pieces)
 
-    def _read_window(self, window: int) -> Tuple[Rows, np.ndarray]:
-        """A window of train rows, read in one sequential pass, and its seeded permutation."""
+    def _read_window(self, window: int, epoch: int) -> Tuple[Rows, np.ndarray]:
+        """A window of train rows, read in one sequential pass, and its seeded permutation in `epoch`."""
         base = window * self._shuffle_buffer
         size = min(self._shuffle_buffer, self.num_rows("train") - base)
-        permutation = np.random.default_rng([self._seed, window]).permutation(size)
+        permutation = np.random.default_rng([self._seed, window, epoch]).permutation(size)
         return self._gather("train", np.arange(base, base + size, dtype=np.int64)), permutation
 
     def _gather(self, split: str, positions: np.ndarray) -> Rows:

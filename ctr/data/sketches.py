@@ -37,6 +37,10 @@ class HyperLogLog:
         columns = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
         np.maximum.at(self.registers, (columns, index), rank.astype(np.uint8))
 
+    def merge(self, other: "HyperLogLog") -> None:
+        """Adds another summary's ids (register-wise maximum: exact, in any order)."""
+        np.maximum(self.registers, other.registers, out=self.registers)
+
     def estimates(self) -> List[int]:
         m = self.registers.shape[1]
         alpha = 0.7213 / (1 + 1.079 / m)
@@ -69,15 +73,25 @@ class HeavyHitters:
 
     def update(self, ids: np.ndarray) -> None:
         self.rows += len(ids)
-        for column, (keys, counts) in enumerate(self.counters):
-            new_keys, new_counts = np.unique(ids[:, column], return_counts=True)
-            merged, where = np.unique(np.concatenate([keys, new_keys]), return_inverse=True)
-            totals = np.bincount(where, weights=np.concatenate([counts, new_counts])).astype(np.int64)
-            if len(totals) > self.k:
-                totals = totals - np.partition(totals, -(self.k + 1))[-(self.k + 1)]
-                keep = totals > 0
-                merged, totals = merged[keep], totals[keep]
-            self.counters[column] = (merged, totals)
+        for column in range(len(self.counters)):
+            self._add(column, *np.unique(ids[:, column], return_counts=True))
+
+    def merge(self, other: "HeavyHitters") -> None:
+        """Adds another summary of other rows; the error bound stays rows seen / (k+1)."""
+        self.rows += other.rows
+        for column, (keys, counts) in enumerate(other.counters):
+            self._add(column, keys, counts)
+
+    def _add(self, column: int, new_keys: np.ndarray, new_counts: np.ndarray) -> None:
+        """Adds counts of ids to a column's counters, keeping at most k."""
+        keys, counts = self.counters[column]
+        merged, where = np.unique(np.concatenate([keys, new_keys]), return_inverse=True)
+        totals = np.bincount(where, weights=np.concatenate([counts, new_counts])).astype(np.int64)
+        if len(totals) > self.k:
+            totals = totals - np.partition(totals, -(self.k + 1))[-(self.k + 1)]
+            keep = totals > 0
+            merged, totals = merged[keep], totals[keep]
+        self.counters[column] = (merged, totals)
 
     def top(self, n: int) -> List[List[Tuple[int, int]]]:
         """Per column, up to n (id, count lower bound) pairs, most frequent first."""

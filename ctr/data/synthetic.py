@@ -79,8 +79,9 @@ class SyntheticCriteo:
             raise KeyError(f"unknown split {split!r}; expected one of {sorted(self._num_rows)}")
         return self._num_rows[split]
 
-    def rows(self, split: str, start: int, stop: int) -> Rows:
-        """Rows [start, stop) of `split`, identical on every call and machine."""
+    def rows(self, split: str, start: int, stop: int, epoch: int = 0) -> Rows:
+        """Rows [start, stop) of `split`, identical on every call and machine. The rows are
+        independent draws, so their order carries nothing to reshuffle: every epoch reads them alike."""
         if not 0 <= start <= stop <= self.num_rows(split):
             raise IndexError(f"rows [{start}, {stop}) outside split {split!r} of {self.num_rows(split)} rows")
         first, last = start // _BLOCK_ROWS, max(stop - 1, start) // _BLOCK_ROWS

@@ -52,13 +52,14 @@ def _check_positive(key: str, value) -> None:
 
 def check_steps(steps_per_epoch: int, train_rows: int, batch_size: int, world_size: int,
                 max_steps: Optional[int], resumed: bool) -> None:
-    """Fails when an epoch has no step, or when `max_steps` 0 has no checkpoint to evaluate:
+    """Fails when an epoch has no step (fewer train rows than ranks, since the partial last step
+    trains), or when `max_steps` 0 has no checkpoint to evaluate:
     either would save an untrained model as the best."""
     if steps_per_epoch < 1:
         raise ConfigValueError(
-            f"trainer.batch_size={batch_size} on {world_size} rank(s) takes {batch_size * world_size} rows a step, "
-            f"more than the {train_rows} rows of the train split: no training step would run; "
-            "lower trainer.batch_size or use more data"
+            f"the train split's {train_rows} rows cannot give each of {world_size} ranks a row (trainer.batch_size="
+            f"{batch_size}; a last partial step trains when every rank gets one): no training step would run; "
+            "use more data or fewer ranks"
         )
     if max_steps == 0 and not resumed:
         raise ConfigValueError("trainer.max_steps=0 trains nothing, and no checkpoint is resumed to evaluate "

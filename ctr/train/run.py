@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from ctr.atomic import write_json_atomic
 from ctr.build import Trainable, build_trainable, seed_everything
 from ctr.config import EvalEvery
-from ctr.data.reader import batches, num_steps, prefetch
+from ctr.data.reader import TrainBatches, train_batches, train_steps_per_epoch
 from ctr.data.shards import ShardSource
 from ctr.parallel.comms import wire_bytes
 from ctr.parallel.optimizers import fused_state_bytes
@@ -88,7 +88,7 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     """Trains from the checkpoint to resume from (if any), validating and checkpointing as configured."""
     opt, trainer, ckpt = cfg.optimizer, cfg.trainer, cfg.checkpoint
     model, optimizer, source = built.model, built.optimizer, built.source
-    steps_per_epoch = num_steps(source.num_rows("train"), trainer.batch_size, env.world_size, drop_last=True)
+    steps_per_epoch = train_steps_per_epoch(source.num_rows("train"), trainer.batch_size, env.world_size)
     total_steps = steps_per_epoch * trainer.epochs
     eval_every_steps = _eval_every_steps(trainer, steps_per_epoch)
     if env.is_main:
@@ -124,7 +124,7 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     result = train(
         model,
         optimizer,
-        prefetch(_train_batches(source, built.hashing, cfg, env, start_step, steps_per_epoch)),
+        _train_batches(source, built.hashing, cfg, env, start_step, total_steps),
         env,
         num_steps=total_steps,
         log_every_steps=trainer.log_every_steps,
@@ -219,13 +219,8 @@ def _human(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
 
 
-def _train_batches(source, hashing, cfg: DictConfig, env: DistributedEnv, start_step: int, steps_per_epoch: int):
-    """Training batches from global step `start_step` on, across epochs."""
-    trainer = cfg.trainer
-    first_epoch, offset = divmod(start_step, steps_per_epoch) if steps_per_epoch else (0, 0)
-    for epoch in range(first_epoch, trainer.epochs):
-        skip = offset if epoch == first_epoch else 0
-        for batch in batches(source, "train", trainer.batch_size, env.rank, env.world_size, True, start_step=skip):
-            batch = hashing(batch)
-            # Page-locked host memory lets the pipeline's copy to the GPU run asynchronously.
-            yield batch.pin_memory() if env.device.type == "cuda" else batch
+def _train_batches(source, hashing, cfg: DictConfig, env: DistributedEnv, start_step: int, total_steps: int):
+    """Training batches from global step `start_step` on, across epochs, built by `trainer.reader_workers`
+    processes (0: a background thread)."""
+    dataset = TrainBatches(source, hashing, cfg.trainer.batch_size, env.rank, env.world_size, start_step, total_steps)
+    return train_batches(dataset, cfg.trainer.reader_workers, pin_memory=env.device.type == "cuda")

@@ -38,3 +38,12 @@ def write_criteo(path: Path, lines: List[str], compress: Optional[bool] = None) 
         data = gzip.compress(data)
     path.write_bytes(data)
     return path
+
+
+def indexed_shards(directory: Path, num_rows: int, seed: int, shard_rows: int) -> Path:
+    """Shards of `criteo_lines` preprocessed with log1p off, so that I1 reads back as each row's index."""
+    from ctr.data.preprocess import preprocess
+
+    path = write_criteo(directory / "train.txt", criteo_lines(num_rows, seed=seed))
+    preprocess(str(path), str(directory / "out"), log1p=False, shard_rows=shard_rows, progress_bar=False)
+    return directory / "out"

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from ctr.data.parallel_preprocess import PARTS_DIR
 from ctr.data.preprocess import preprocess
 from ctr.data.shard_format import InvalidShardDirectory, read_meta
 from ctr.data.shard_writer import PROGRESS_FILE
@@ -58,21 +59,22 @@ def test_a_run_killed_midway_leaves_no_valid_directory_and_resumes_to_the_same_s
     out = tmp_path / "out"
     proc = _child(str(path), str(out), "1000")
     deadline = time.monotonic() + 60
-    # Shard 1's first column exists only once shard 0 is recorded in the progress file.
-    while not (out / "00001.label.npy").exists() and time.monotonic() < deadline:
+    progress = out / PARTS_DIR / "00000" / PROGRESS_FILE
+    # Part 0's shard 1 first column exists only once shard 0 is recorded in the part's progress file.
+    while not (out / PARTS_DIR / "00000" / "00001.label.npy").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / PROGRESS_FILE).exists() and not (out / "meta.json").exists(), "the kill came too late to test"
+    assert progress.exists() and not (out / "meta.json").exists(), "the kill came too late to test"
     with pytest.raises(InvalidShardDirectory, match="no meta.json.*unfinished"):
         ShardSource(str(out))
 
     resumed = preprocess(str(path), str(out), shard_rows=1000, progress_bar=False)
     clean = preprocess(str(path), str(tmp_path / "clean"), shard_rows=1000, progress_bar=False)
     assert resumed["last_run"]["rows"] < 30_000
-    for key in ("num_rows", "shards", "stats", "bad_rows"):
+    for key in ("num_rows", "shards", "shard_positives", "stats", "bad_rows"):
         assert resumed[key] == clean[key]
-    assert not (out / PROGRESS_FILE).exists() and not list(out.glob("*.tmp"))
+    assert not (out / PARTS_DIR).exists() and not (out / PROGRESS_FILE).exists() and not list(out.glob("*.tmp"))
     source = ShardSource(str(out))  # checksums verified as each shard is read
     assert sum(len(source.rows(split, 0, source.num_rows(split))) for split in ("train", "val", "test")) == 30_000
 

@@ -9,7 +9,7 @@ from ctr.data.preprocess import preprocess
 from ctr.data.reader import batches, rank_rows
 from ctr.data.shard_format import InvalidShardDirectory
 from ctr.data.shards import ShardSource
-from tests.data.criteo_files import criteo_lines, write_criteo
+from tests.data.criteo_files import criteo_lines, indexed_shards, write_criteo
 
 
 def _row_index(rows) -> np.ndarray:
@@ -19,10 +19,7 @@ def _row_index(rows) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shards")
-    path = write_criteo(tmp / "train.txt", criteo_lines(2500, seed=7))
-    preprocess(str(path), str(tmp / "out"), log1p=False, shard_rows=700, progress_bar=False)
-    return tmp / "out"
+    return indexed_shards(tmp_path_factory.mktemp("shards"), 2500, seed=7, shard_rows=700)
 
 
 @pytest.fixture(scope="module")

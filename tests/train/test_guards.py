@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from ctr.data.preprocess import preprocess
+from ctr.data.reader import train_steps_per_epoch
 from ctr.data.shard_format import data_sha256, shard_file
-from ctr.train.guards import ConfigValueError, NonFiniteLossError, check_config, check_finite_loss
+from ctr.train.guards import ConfigValueError, NonFiniteLossError, check_config, check_finite_loss, check_steps
 from tests.conftest import REPO
 from tests.data.criteo_files import criteo_lines, write_criteo
 from tests.hydra_config import TINY, TINY_MODEL, compose
@@ -44,7 +45,6 @@ def _train(run_dir: Path, *options: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("option,message", [
     ("trainer.batch_size=0", "trainer.batch_size=0: expected a positive integer"),
-    ("trainer.batch_size=1000", "trainer.batch_size=1000 on 1 rank(s) takes 1000 rows a step, more than the 640 rows"),
     ("trainer.epochs=0", "trainer.epochs=0: expected a positive integer"),
     ("trainer.max_steps=0", "trainer.max_steps=0 trains nothing, and no checkpoint is resumed"),
 ])
@@ -54,6 +54,13 @@ def test_a_run_that_could_not_train_fails_at_start_up_and_saves_nothing(tmp_path
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_an_epoch_without_a_step_is_refused_and_a_batch_larger_than_the_split_trains_its_partial_step():
+    """The last partial step trains (issue 21), so only fewer train rows than ranks leave an epoch without a step."""
+    check_steps(train_steps_per_epoch(640, 1000, 1), 640, 1000, 1, None, False)
+    with pytest.raises(ConfigValueError, match="the train split's 3 rows cannot give each of 4 ranks a row"):
+        check_steps(train_steps_per_epoch(3, 1000, 4), 3, 1000, 4, None, False)
 
 
 def test_the_loss_check_names_the_first_bad_step_of_the_window():
