@@ -25,34 +25,31 @@ def _summary(sweep_dir: Path):
         return list(csv.DictReader(handle))
 
 
-def test_two_by_two_sweep_runs_four_distributed_jobs_and_summarises_them(tmp_path):
-    proc = _sweep(tmp_path, "embedding.dim=4,8", "model.num_residual_units=1,2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for job in range(4):
-        metrics = json.loads((tmp_path / str(job) / "metrics.json").read_text())
-        assert metrics["world_size"] == 2 and 0 < metrics["test_auc"] < 1
-        assert (tmp_path / str(job) / "plan.json").exists()
-        assert (tmp_path / str(job) / ".hydra" / "config.yaml").exists()
-        assert (tmp_path / str(job) / "train_rank1.log").exists()
+def test_two_by_two_sweep_runs_distributed_jobs_marks_the_failed_ones_and_summarises_them(tmp_path):
+    # FBGEMM has no CPU kernel for a fused Adam: those two jobs fail at start-up, the others complete.
+    proc = _sweep(tmp_path, "embedding.dim=4,8", "optimizer.sparse=adam,rowwise_adagrad")
+    assert "failed" in proc.stdout + proc.stderr
     rows = _summary(tmp_path)
     assert len(rows) == 4
-    assert {(r["embedding.dim"], r["model.num_residual_units"]) for r in rows} == {("4", "1"), ("4", "2"), ("8", "1"), ("8", "2")}
-    assert all(r["status"] == "completed" and float(r["test_auc"]) > 0 and float(r["samples_per_s"]) > 0 for r in rows)
-    by_dim = {r["embedding.dim"]: int(r["embedding_bytes"]) for r in rows}
-    assert by_dim["8"] == 2 * by_dim["4"], "embedding bytes must come from the job's own plan"
+    assert {(r["embedding.dim"], r["optimizer.sparse"]) for r in rows} == {
+        ("4", "adam"), ("4", "rowwise_adagrad"), ("8", "adam"), ("8", "rowwise_adagrad")}
+    for row in rows:
+        job_dir = tmp_path / row["job"]
+        if row["optimizer.sparse"] == "adam":
+            assert row["status"] == "failed" and row["test_auc"] == ""
+            error = json.loads((job_dir / "job.json").read_text())["error"]
+            assert "no FBGEMM CPU kernel" in error or "ChildFailedError" in error
+            continue
+        metrics = json.loads((job_dir / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and 0 < metrics["test_auc"] < 1
+        assert (job_dir / "plan.json").exists()
+        assert (job_dir / ".hydra" / "config.yaml").exists()
+        assert (job_dir / "train_rank1.log").exists()
+        assert row["status"] == "completed" and float(row["test_auc"]) > 0 and float(row["samples_per_s"]) > 0
+    completed = {r["embedding.dim"]: int(r["embedding_bytes"]) for r in rows if r["status"] == "completed"}
+    assert completed["8"] == 2 * completed["4"], "embedding bytes must come from the job's own plan"
     assert "| job |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "summary.png").stat().st_size > 0
-
-
-def test_a_failed_job_is_marked_failed_and_the_others_complete(tmp_path):
-    # FBGEMM has no CPU kernel for a fused Adam: that job fails at start-up.
-    proc = _sweep(tmp_path, "optimizer.sparse=adam,rowwise_adagrad")
-    assert "failed" in proc.stdout + proc.stderr
-    rows = {r["optimizer.sparse"]: r for r in _summary(tmp_path)}
-    assert rows["adam"]["status"] == "failed" and rows["adam"]["test_auc"] == ""
-    assert "no FBGEMM CPU kernel" in json.loads((tmp_path / "0" / "job.json").read_text())["error"] or \
-        "ChildFailedError" in json.loads((tmp_path / "0" / "job.json").read_text())["error"]
-    assert rows["rowwise_adagrad"]["status"] == "completed" and float(rows["rowwise_adagrad"]["test_auc"]) > 0
 
 
 def test_summary_is_rebuilt_from_an_existing_sweep_directory(tmp_path):
