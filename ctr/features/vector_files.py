@@ -12,12 +12,12 @@ replaces only a previous export of these three files.
 """
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ctr.atomic import atomic_directory
 
 VECTORS_FILE, KEYS_FILE, META_FILE = "vectors.npy", "keys.npy", "meta.json"
 FILES = (VECTORS_FILE, KEYS_FILE, META_FILE)
@@ -42,18 +42,10 @@ def write_vectors(directory: Path, vectors: np.ndarray, keys: np.ndarray, table:
                          "refusing to replace it")
     meta = {"table": table, "dim": int(vectors.shape[1]), "rows": int(vectors.shape[0]), "keys": keys_are,
             "hashing": hashing, "source_run": source_run}
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".partial-", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         np.save(tmp / VECTORS_FILE, np.ascontiguousarray(vectors, np.float32))
         np.save(tmp / KEYS_FILE, np.ascontiguousarray(keys, np.int64))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.replace(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
