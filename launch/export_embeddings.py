@@ -7,7 +7,6 @@
 Writes `<output>/<table>/{vectors.npy,keys.npy,meta.json}` (`ctr.features.vector_files`).
 """
 
-import logging
 import os
 
 import hydra
@@ -18,7 +17,6 @@ from ctr.parallel.launcher import launch_workers
 from ctr.train.embedding_export import export_worker, run_export
 
 register_configs()
-log = logging.getLogger("ctr.launch")
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="export_embeddings")

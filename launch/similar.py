@@ -6,11 +6,9 @@
 """
 
 import json
-import logging
 from pathlib import Path
 
 import hydra
-import numpy as np
 from omegaconf import DictConfig
 
 from ctr.config import register_configs
@@ -19,7 +17,6 @@ from ctr.retrieval.keys import KeyIndex, read_values
 from ctr.retrieval.search import build_index, search
 
 register_configs()
-log = logging.getLogger("ctr.launch")
 
 
 def neighbours(cfg: DictConfig) -> list:

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctr.build import build_trainable
 from ctr.features.hashing import FeatureHashing
-from ctr.features.tables import table_name
 from ctr.features.vector_files import write_vectors
 from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.parallel.state import full_state_dict
