@@ -1,10 +1,13 @@
 """Writes that leave a file whole or absent, never half-written: a temporary name, then a rename."""
 
+import contextlib
 import io
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -19,3 +22,19 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
 
 def write_json_atomic(path: Path, payload: object) -> None:
     write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))
+
+
+@contextlib.contextmanager
+def atomic_directory(output: Path) -> Iterator[Path]:
+    """A temporary sibling of `output` to fill; when the block ends without error it replaces
+    `output` (whose own checks decided it may be replaced), else it is removed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=output.name + ".partial-", dir=output.parent))
+    try:
+        yield tmp
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.replace(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

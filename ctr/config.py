@@ -210,6 +210,26 @@ class CsvDataConfig:
 
 
 @dataclass
+class SkipGramDataConfig:
+    """`configs/data/<name>_item2vec.yaml`: Item2Vec's skip-gram rows (`ctr.data.skipgram`) from
+    users' sequences in `behaviour`, a CSV data set's config (its schema and split are read)."""
+
+    _target_: str = "ctr.data.skipgram.SkipGramPairs"
+    _recursive_: bool = False  # `behaviour` is read as a config, not built (its shards keep no timestamps)
+    behaviour: Any = MISSING
+    user_column: str = MISSING
+    item_feature: str = MISSING  # a single-column sparse feature of behaviour.schema
+    time_column: Optional[str] = None  # null: behaviour.schema.split.timestamp_column
+    positives_only: bool = True  # only rows the schema's label rule makes 1
+    window: int = 5  # context: items at most this far apart in a sequence (0: the whole sequence)
+    negatives: int = 5  # sampled items per observed pair
+    unigram_power: float = 0.75  # negatives drawn from train item counts ** this
+    subsample: float = 1e-3  # word2vec's threshold t for dropping frequent items (0: off)
+    seed: int = 0
+    batch_size: int = 1024  # recommended per rank: trainer.batch_size's default
+
+
+@dataclass
 class PreprocessConfig:
     """`configs/preprocess.yaml`: one pass from Criteo TSV files to columnar shards, or, with
     `data=<name>` (a CSV data set), from the files its schema describes to `data.path`."""
@@ -268,6 +288,64 @@ class ExportConfig:
 
 
 @dataclass
+class EmbeddingExportConfig:
+    """`configs/export_embeddings.yaml`: the named tables of a trained run's checkpoint,
+    gathered from their shards, as vectors and keys (`ctr.features.vector_files`)."""
+
+    run_dir: str = MISSING
+    tables: List[str] = MISSING  # feature or shared-table names, as embedding.*_per_feature names them
+    checkpoint_path: Optional[str] = None  # null: the run's best checkpoint, else its latest
+    output: Optional[str] = None  # null: <run_dir>/vectors; one subdirectory per table
+    nproc_per_node: int = 1  # ranks started when not under torchrun
+    backend: Backend = Backend.auto
+
+
+@dataclass
+class NamesConfig:
+    """`similar.names`: a delimited file giving a readable name to each raw key value."""
+
+    path: Optional[str] = None  # null: keys print as they are
+    key_column: int = 0
+    name_column: int = 1
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+
+class Metric(Choice):
+    """`similar.metric`: cosine (vectors normalised first) or plain inner product."""
+
+    cosine = auto()
+    inner_product = auto()
+
+
+class IndexKind(Choice):
+    """`similar.index`: exact search (`IndexFlatIP`) or an inverted-file index (`IndexIVFFlat`)."""
+
+    flat = auto()
+    ivf = auto()
+
+
+@dataclass
+class SimilarConfig:
+    """`configs/similar.yaml`: nearest neighbours of keys among exported vectors, with FAISS."""
+
+    vectors: str = MISSING  # a directory export_embeddings wrote
+    key: Optional[str] = None  # one raw value (e.g. a movie id), or
+    keys_file: Optional[str] = None  # a file of them, one a line
+    k: int = 10
+    metric: Metric = Metric.cosine
+    index: IndexKind = IndexKind.flat
+    nlist: int = 100  # ivf: clusters
+    nprobe: int = 10  # ivf: clusters searched per query
+    # raw keys (meta.json keys: raw) of CSV data are hash_ids(namespace, value): null namespace is the
+    # export's table, as the data hashes it; hashed false: keys and values are the same integers
+    namespace: Optional[str] = None
+    hashed: bool = True
+    names: NamesConfig = field(default_factory=NamesConfig)
+    output: Optional[str] = None  # a JSON file of the results (null: printed only)
+
+
+@dataclass
 class PredictConfig:
     """`configs/predict.yaml`: raw rows of the training layout → one prediction per row."""
 
@@ -299,6 +377,13 @@ class DeepCrossingConfig:
     _target_: str = "ctr.models.deep_crossing.DeepCrossing"
     num_residual_units: int = 3
     residual_hidden_dim: int = 256
+
+
+@dataclass
+class Item2VecConfig:
+    """`configs/model/item2vec.yaml`: Barkan & Koenigstein 2016, skip-gram with negative sampling."""
+
+    _target_: str = "ctr.models.item2vec.Item2Vec"
 
 
 @dataclass
@@ -630,12 +715,16 @@ def register_configs() -> None:
     store.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
     store.store(group="data", name="criteo_schema", node=CriteoDataConfig)
     store.store(group="data", name="csv_schema", node=CsvDataConfig)
+    store.store(group="data", name="skipgram_schema", node=SkipGramDataConfig)
     store.store(name="preprocess_schema", node=PreprocessConfig)
     store.store(name="export_schema", node=ExportConfig)
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="throughput_schema", node=ThroughputConfig)
     store.store(name="evaluate_schema", node=EvaluateConfig)
+    store.store(name="export_embeddings_schema", node=EmbeddingExportConfig)
+    store.store(name="similar_schema", node=SimilarConfig)
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)
     store.store(group="model", name="wide_deep_schema", node=WideDeepConfig)
+    store.store(group="model", name="item2vec_schema", node=Item2VecConfig)
     for name, node in (("modulo", ModuloHashingConfig), ("qr", QRHashingConfig), ("vocab", VocabHashingConfig)):
         store.store(group="embedding/hashing", name=f"{name}_schema", node=node)

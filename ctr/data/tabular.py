@@ -619,6 +619,37 @@ class _Splitter:
             return None
         return split
 
+    def assigned(self, file_index: int, table: _Table, rng: np.random.Generator) -> Iterator[Tuple[_Record, Optional[str]]]:
+        """Every record of one main file with its split (`assign`), in file order."""
+        for index_in_file, record in enumerate(table.records()):
+            yield record, self.assign(file_index, index_in_file, record.fields, rng.random())
+
+
+def split_columns(schema, columns: Sequence[str]) -> Dict[str, Dict[str, List[str]]]:
+    """The raw values of main-file `columns` of every record, per split, in file order: the
+    rows preprocessing writes to each split (`schema.split`; de-duplicated test rows left out).
+
+    For readers that need columns the shards do not keep (e.g. a timestamp to order by).
+    A record that cannot be read stops with its file and line.
+    """
+    schema = as_schema(schema)
+    root = Path(schema.root)
+    val_files, test_files = [root / f for f in schema.val_files], [root / f for f in schema.test_files]
+    files = [root / f for f in schema.files] + val_files + test_files
+    main = _Table(files[0], schema, "")
+    indices = [main.index(column, f"columns[{column!r}]") for column in columns]
+    splitter = _Splitter(schema, files, val_files, test_files, main)
+    values = {split: {column: [] for column in columns} for split in SPLITS}
+    for file_index, path, rng in splitter.files(files):
+        for record, split in splitter.assigned(file_index, _Table(path, schema, ""), rng):
+            if record.problem is not None or len(record.fields) != len(main.columns):
+                problem = record.problem.message if record.problem else f"{len(record.fields)} fields, expected {len(main.columns)}"
+                raise CsvFormatError(f"{path}:{record.line}: {problem}")
+            if split is not None:
+                for column, index in zip(columns, indices):
+                    values[split][column].append(record.fields[index])
+    return values
+
 
 def _last(positions: np.ndarray, fraction: float) -> np.ndarray:
     """The last `fraction` of `positions` (as many as a cut at int(n · (1 - fraction)) leaves)."""
@@ -688,8 +719,7 @@ class _CsvInput(ShardInput):
         """Blocks of up to `chunk_rows` rows per split as they fill, then each split's rest closing it."""
         blocks = {split: _Block() for split in SPLITS}
         width = len(self._main.columns)
-        for index_in_file, record in enumerate(table.records()):
-            split = self._splitter.assign(index, index_in_file, record.fields, rng.random())
+        for record, split in self._splitter.assigned(index, table, rng):
             if split is None and record.problem is None and len(record.fields) == width:
                 continue
             parsed = _parse_record(self._layout, self._features, record)

@@ -14,7 +14,7 @@ movie, the column `userRatedMovie1` of the SparrowRecSys data.
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -133,6 +133,9 @@ class CrossedHashing(FeatureHashing):
 
     def table_rows(self) -> Dict[str, Dict[str, int]]:
         return self.hashing.table_rows()
+
+    def row_ids(self, key: str) -> Optional[torch.Tensor]:
+        return self.hashing.row_ids(key)
 
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         crossed = [cross_ids(features, cross) for cross in self.crosses]

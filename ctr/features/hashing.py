@@ -6,7 +6,7 @@ says which tables a feature needs: one (`modulo`, `vocab`) or several whose pool
 vectors are combined back into one (`qr`, see `ctr.features.embeddings`).
 """
 
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from hydra.utils import instantiate
@@ -33,6 +33,11 @@ class FeatureHashing:
 
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         raise NotImplementedError
+
+    def row_ids(self, key: str) -> Optional[torch.Tensor]:
+        """The raw id each row of `key`'s table holds (-1: a row no single id holds), where
+        the hashing keeps raw ids (`vocab`); None where rows are shared by design (`modulo`, `qr`)."""
+        return None
 
     def __call__(self, batch: Batch) -> Batch:
         return Batch(

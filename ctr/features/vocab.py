@@ -61,6 +61,10 @@ class VocabHashing(FeatureHashing):
     def table_rows(self) -> Dict[str, Dict[str, int]]:
         return {name: {name: len(vocab) + 1} for name, vocab in self._vocab.items()}
 
+    def row_ids(self, key: str) -> torch.Tensor:
+        """Row 1 + i holds the i-th vocabulary id; the out-of-vocabulary row (0) none (-1)."""
+        return torch.cat([torch.tensor([-1]), self._vocab[key]])
+
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         parts = []
         for key, ids in zip(features.keys(), features.values().split(features.length_per_key())):

@@ -106,5 +106,6 @@ def combined_optimizer(model: DistributedModelParallel, groups: TableGroups, den
         if tables:
             optimizers.append((f"{group}_replicated", KeyedOptimizerWrapper(tables, optimizer.build)))
     dense = {key: param for key, param in unfused.items() if id(param) not in table_params}
-    optimizers.append((DENSE, KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr))))
+    if dense:  # a model of tables alone (Item2Vec) has nothing for Adam, which refuses an empty list
+        optimizers.append((DENSE, KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr))))
     return CombinedOptimizer(optimizers)

@@ -4,7 +4,7 @@ Used to start a sharded model from known weights (an unsharded model, a referenc
 and to collect a trained model's full tables on one rank (export, comparison).
 """
 
-from typing import Dict, Mapping, Optional
+from typing import Collection, Dict, Mapping, Optional
 
 import torch
 import torch.distributed as dist
@@ -38,8 +38,9 @@ def load_full_state(model: nn.Module, full_state: Mapping[str, torch.Tensor]) ->
                 target.copy_(source)
 
 
-def full_state_dict(model: nn.Module, device: torch.device, dst: int = 0) -> Optional[Dict[str, torch.Tensor]]:
-    """Gathers every entry, whole, onto rank `dst` (a collective: call on all ranks).
+def full_state_dict(model: nn.Module, device: torch.device, dst: int = 0,
+                    keys: Optional[Collection[str]] = None) -> Optional[Dict[str, torch.Tensor]]:
+    """Gathers every entry (or those named in `keys`), whole, onto rank `dst` (a collective: call on all ranks).
 
     The shards meet on `device`, the rank's device (where the shards live: NCCL gathers
     CUDA tensors only). Returns the dict, in host memory, on `dst` and None elsewhere.
@@ -47,6 +48,8 @@ def full_state_dict(model: nn.Module, device: torch.device, dst: int = 0) -> Opt
     is_dst = dist.get_rank() == dst
     full: Dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
+        if keys is not None and key not in keys:
+            continue
         if isinstance(value, ShardedTensor):
             out = torch.empty(value.size(), dtype=value.dtype, device=device) if is_dst else None
             value.gather(dst=dst, out=out)

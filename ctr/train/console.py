@@ -20,6 +20,9 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\..*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torchrec\..*")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"fbgemm_gpu\..*")
+    # TorchRec 1.8 shards tables as ShardedTensors, which torch warns are deprecated wherever one is touched.
+    warnings.filterwarnings("ignore", message="Please use DTensor instead and we are deprecating ShardedTensor",
+                            category=FutureWarning)
     # TorchRec's train pipeline traces the model with torch.fx, which logs a warning.
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     # torchmetrics trims the predictions it gathers from ranks holding different numbers of
@@ -32,14 +35,14 @@ def quiet_library_noise() -> None:
                             module=r"torch\.distributed\.checkpoint\..*")
 
 
-def configure_worker_logging(run_dir: Path, rank: int) -> None:
+def configure_worker_logging(run_dir: Path, rank: int, job: str = "train") -> None:
     """Logging for ranks started by ctr's own launcher, where Hydra's set-up does not reach.
 
     Mirrors `configs/config.yaml`: ctr's messages at INFO on rank 0's console, every
-    rank's log in `train_rank<r>.log`, libraries at WARNING.
+    rank's log in `<job>_rank<r>.log`, libraries at WARNING.
     """
     formatter = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    file_handler = logging.FileHandler(run_dir / f"train_rank{rank}.log")
+    file_handler = logging.FileHandler(run_dir / f"{job}_rank{rank}.log")
     handlers: list = [file_handler]
     if rank == 0:
         handlers.append(logging.StreamHandler())

@@ -17,7 +17,6 @@ code. Export replaces only a previous export's own files.
 import json
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torchrec.inference.modules import quantize_embeddings
 from torchrec.tensor_types import UInt4Tensor
 
+from ctr.atomic import atomic_directory
 from ctr.build import build_input_hashing, build_task
 from ctr.config import Config, StorageReservationConfig
 from ctr.features.hashing import FeatureHashing
@@ -277,9 +277,7 @@ def export(trained: Trained, precision: str, output: Path, dense_precision: str 
     metrics = evaluate(task, trained.source, split, trained.hashing, env, batch_size)
     pipeline = describe_pipeline(trained.source)
     cfg = OmegaConf.merge(trained.cfg, {"trainer": {"dense_precision": dense_precision}})
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=output.name + ".partial-", dir=output.parent))
-    try:
+    with atomic_directory(output) as tmp:
         weights, uint4 = _plain_weights(task, dense_precision)
         torch.save(weights, tmp / WEIGHTS_FILE)
         OmegaConf.save(cfg, tmp / CONFIG_FILE)
@@ -302,12 +300,6 @@ def export(trained: Trained, precision: str, output: Path, dense_precision: str 
         }
         manifest["artifact_bytes"] = sum(f["bytes"] for f in manifest["files"].values())
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.replace(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
