@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer
 
@@ -164,6 +165,7 @@ class Trainable:
     rows: List[dict]  # the plan, one row per table (`plan_rows`)
     estimates: Any  # the planner's per-rank estimates
     parameters: Dict[str, int]  # per part of the model (`parameter_counts`)
+    tables: List[EmbeddingBagConfig]  # every table's config (name, features, shape), as before sharding
 
 
 def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
@@ -173,8 +175,9 @@ def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
     hashing = build_input_hashing(cfg, source)
     task = build_task(cfg, source, torch.device("meta"), hashing)
     parameters = parameter_counts(task)
+    tables = embedding_tables(task)
     sharded = shard(task, env, cfg)
     optimizer = optimizers(sharded.model, cfg)
     return Trainable(source, hashing, sharded.model, optimizer, sharded.plan, sharded.rows, sharded.estimates,
-                     parameters)
+                     parameters, tables)
 

@@ -134,6 +134,9 @@ class CrossedHashing(FeatureHashing):
     def table_rows(self) -> Dict[str, Dict[str, int]]:
         return self.hashing.table_rows()
 
+    def rows_of(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        return self.hashing.rows_of(feature, ids)
+
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         crossed = [cross_ids(features, cross) for cross in self.crosses]
         appended = KeyedJaggedTensor(

@@ -61,6 +61,11 @@ class VocabHashing(FeatureHashing):
     def table_rows(self) -> Dict[str, Dict[str, int]]:
         return {name: {name: len(vocab) + 1} for name, vocab in self._vocab.items()}
 
+    def rows_of(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of ids in the vocabulary; -1 for the others, which share the out-of-vocabulary row."""
+        rows = super().rows_of(feature, ids)
+        return torch.where(rows == OOV_ROW, -1, rows)
+
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         parts = []
         for key, ids in zip(features.keys(), features.values().split(features.length_per_key())):
