@@ -61,12 +61,16 @@ def _parameters(modules: Sequence[nn.Module]) -> list:
     return [param for module in modules for param in module.parameters()]
 
 
-def apply_table_optimizer(params: Sequence[torch.Tensor], optimizer: TableOptimizer, device: torch.device) -> None:
-    """Marks the table weights `params` for a fused update inside the backward pass.
+def apply_table_optimizer(modules: Sequence[nn.Module], optimizer: TableOptimizer, device: torch.device) -> None:
+    """Marks the tables of `modules` for a fused update inside the backward pass.
 
     DistributedModelParallel reads the mark and builds FBGEMM's fused kernel with that
     optimizer, so table gradients are never materialised.
     """
+    _mark(_parameters(modules), optimizer, device)
+
+
+def _mark(params: Sequence[torch.Tensor], optimizer: TableOptimizer, device: torch.device) -> None:
     if device.type == "cpu" and optimizer.name not in CPU_SPARSE_OPTIMIZERS:
         raise ValueError(
             f"{optimizer.setting}={optimizer.name!r} has no FBGEMM CPU kernel; "
@@ -90,8 +94,8 @@ def apply_table_optimizers(
                 frozen.append(param)
             elif mode is None:
                 normal.append(param)
-        apply_table_optimizer(normal, optimizer, device)
-    apply_table_optimizer(frozen, FROZEN, device)
+        _mark(normal, optimizer, device)
+    _mark(frozen, FROZEN, device)
 
 
 def fused_state_bytes(model: DistributedModelParallel) -> int:
