@@ -9,15 +9,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ctr.build import build_task, build_trainable, table_names, update_settings
+from ctr.build import build_task, table_names, update_settings
 from ctr.parallel.planner import sharding_constraints
 from ctr.parallel.table_updates import forced_data_parallel
-from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.parallel.state import full_state_dict
 from ctr.train.loop import Hooks, train
 from ctr.train.run import _train_batches
 from tests.hydra_config import TINY, compose
-from tests.multiprocess import run_ranks
+from tests.multiprocess import run_ranks, trainable_rank
 
 WEIGHT = "model.embeddings.collection.embedding_bags.{}.weight"
 STEPS = 10
@@ -25,11 +24,7 @@ STEPS = 10
 
 def _train_with_snapshots(cfg_dict: dict, out_path: str) -> None:
     """Trains STEPS steps; rank 0 saves the plan and the full tables before and after every step."""
-    cfg = OmegaConf.create(cfg_dict)
-    env = init_distributed("gloo")
-    try:
-        torch.manual_seed(0)
-        built = build_trainable(cfg, env)
+    with trainable_rank(cfg_dict) as (cfg, env, built):
         snapshots: List[Dict[str, torch.Tensor]] = []
 
         def snapshot(step: int = 0) -> None:
@@ -43,8 +38,6 @@ def _train_with_snapshots(cfg_dict: dict, out_path: str) -> None:
               hooks=Hooks(checkpoint_every_steps=1, on_checkpoint=snapshot))
         if env.is_main:
             torch.save({"snapshots": snapshots, "plan": built.rows}, out_path)
-    finally:
-        shutdown()
 
 
 def _run(tmp_path, world_size: int, *overrides: str) -> dict:

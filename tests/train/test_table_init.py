@@ -11,17 +11,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ctr.build import build_task, build_trainable
+from ctr.build import build_task
 from ctr.features.hashing import ModuloHashing
 from ctr.features.vectors import VectorsFileError, place, read_vectors
-from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.parallel.state import full_state_dict
 from ctr.train.checkpoint import BEST
 from ctr.train.run import run
 from ctr.train.safe_dcp import load_state
 from ctr.train.table_init import init_settings, initialise_tables
 from tests.hydra_config import TINY, compose
-from tests.multiprocess import run_ranks
+from tests.multiprocess import run_ranks, trainable_rank
 
 WEIGHT = "model.embeddings.collection.embedding_bags.{}.weight"
 ROWS, DIM = 200, 8  # TINY's tables
@@ -33,18 +32,12 @@ def _job(cfg_dict: dict, run_dir: str) -> None:
 
 def _initialise(cfg_dict: dict, out_path: str) -> None:
     """Builds the sharded model, initialises its tables; rank 0 saves the full tables before and after."""
-    cfg = OmegaConf.create(cfg_dict)
-    env = init_distributed("gloo")
-    try:
-        torch.manual_seed(0)
-        built = build_trainable(cfg, env)
+    with trainable_rank(cfg_dict) as (cfg, env, built):
         before = full_state_dict(built.model, env.device)
         rows = initialise_tables(cfg, built, env)
         after = full_state_dict(built.model, env.device)
         if env.is_main:
             torch.save({"before": before, "after": after, "rows": rows, "plan": built.rows}, out_path)
-    finally:
-        shutdown()
 
 
 def _target(tmp_path: Path, world_size: int, *overrides: str) -> dict:
