@@ -410,7 +410,8 @@ class EmbeddingConfig:
     # per table: pre-trained rows; untyped, like `sharding.tables`, so that
     # `+embedding.init.t_movie={checkpoint: <run dir>}` works; entries are checked against TableInitConfig
     init: Dict[str, Any] = field(default_factory=dict)
-    update: Dict[str, TableUpdate] = field(default_factory=dict)  # per table: frozen or every_k_steps
+    # per table: frozen or every_k_steps; code reads it as embedding["update"] (`.update` is DictConfig's method)
+    update: Dict[str, TableUpdate] = field(default_factory=dict)
     update_every_k: int = 10  # the k of every_k_steps tables
 
 
