@@ -22,6 +22,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer
 
+from ctr.config import TableUpdate
 from ctr.features.crossing import CrossedHashing, parse_crosses
 from ctr.features.embeddings import FeatureEmbeddings
 from ctr.features.hashing import FeatureHashing, build_hashing
@@ -30,7 +31,6 @@ from ctr.models.task import ClickTask
 from ctr.parallel.comms import qcomm_codecs
 from ctr.parallel.hardware import check_dense_precision
 from ctr.parallel.model_parallel import distribute
-from ctr.config import TableUpdate
 from ctr.parallel.optimizers import TableGroups, TableOptimizer, apply_table_optimizers, combined_optimizer
 from ctr.parallel.plan_summary import embedding_tables, plan_rows
 from ctr.parallel.planner import plan_sharding
@@ -149,8 +149,9 @@ def shard(task: ClickTask, env: DistributedEnv, cfg: DictConfig) -> Sharded:
 def optimizers(model: DistributedModelParallel, cfg: DictConfig) -> CombinedOptimizer:
     """The sharded model's optimizers: its tables' (grouped as its model names them, frozen or
     every k steps as `embedding.update` says), Adam for the rest."""
+    tables = [table for module_plan in model.plan.plan.values() for table in module_plan]
     return combined_optimizer(model, table_optimizers(model.module, cfg.optimizer), cfg.optimizer.dense_lr,
-                              update_settings([t for tables in model.plan.plan.values() for t in tables], cfg), cfg.embedding.update_every_k)
+                              update_settings(tables, cfg), cfg.embedding.update_every_k)
 
 
 @dataclass
