@@ -10,7 +10,7 @@ unsharded tables, before sharding replaces them.
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -18,9 +18,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer
 
+from ctr.config import TableUpdate
 from ctr.features.crossing import CrossedHashing, parse_crosses
 from ctr.features.embeddings import FeatureEmbeddings
 from ctr.features.hashing import FeatureHashing, build_hashing
@@ -30,9 +32,10 @@ from ctr.parallel.comms import qcomm_codecs
 from ctr.parallel.hardware import check_dense_precision
 from ctr.parallel.model_parallel import distribute
 from ctr.parallel.optimizers import TableGroups, TableOptimizer, apply_table_optimizers, combined_optimizer
-from ctr.parallel.plan_summary import plan_rows
+from ctr.parallel.plan_summary import embedding_tables, plan_rows
 from ctr.parallel.planner import plan_sharding
 from ctr.parallel.process_group import DistributedEnv
+from ctr.parallel.table_updates import UPDATE_KEY, forced_data_parallel, table_updates
 
 
 def seed_everything(seed: int) -> None:
@@ -94,9 +97,22 @@ def table_optimizers(task: ClickTask, opt: Mapping) -> TableGroups:
     return groups
 
 
-def mark_table_optimizers(task: ClickTask, opt: Mapping, device: torch.device) -> None:
-    """Marks every table for its group's fused optimizer; a table in no group is an error
-    (the dense Adam would train it)."""
+def update_settings(tables: Sequence[str], cfg: DictConfig) -> Dict[str, TableUpdate]:
+    """`embedding.update` (frozen and every_k_steps tables), checked against the model's `tables`."""
+    embedding = cfg.embedding
+    return table_updates(embedding.get(UPDATE_KEY) or {}, embedding.get("update_every_k"), tables)
+
+
+def table_names(task: ClickTask) -> List[str]:
+    """The names of an unsharded model's tables."""
+    return [table.name for table in embedding_tables(task)]
+
+
+def mark_table_optimizers(
+    task: ClickTask, opt: Mapping, device: torch.device, updates: Mapping[str, TableUpdate] = {}
+) -> None:
+    """Marks every table for its group's fused optimizer (`updates`: the frozen and every_k_steps
+    tables, `update_settings`); a table in no group is an error (the dense Adam would train it)."""
     groups = table_optimizers(task, opt)
     grouped = {id(module) for modules, _ in groups.values() for module in modules}
     orphans = [name for name, module in task.named_modules()
@@ -106,7 +122,7 @@ def mark_table_optimizers(task: ClickTask, opt: Mapping, device: torch.device) -
             f"{type(task.model).__name__}.table_groups() leaves out the embedding collections {orphans}: "
             "every collection needs a group, or it would train with the dense optimizer"
         )
-    apply_table_optimizers(groups, device)
+    apply_table_optimizers(groups, device, updates)
 
 
 @dataclass
@@ -122,15 +138,20 @@ class Sharded:
 def shard(task: ClickTask, env: DistributedEnv, cfg: DictConfig) -> Sharded:
     """Marks the table optimizers, plans, reads the plan's rows, then shards `task` (in this order)."""
     codecs = qcomm_codecs(cfg.comms, env.device)
-    mark_table_optimizers(task, cfg.optimizer, env.device)
-    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs)
+    updates = update_settings(table_names(task), cfg)
+    mark_table_optimizers(task, cfg.optimizer, env.device, updates)
+    plan, estimates = plan_sharding(task, env, cfg.sharding, cfg.trainer.batch_size, codecs,
+                                    forced_data_parallel(updates))
     rows = plan_rows(plan, task)
     return Sharded(distribute(task, env, plan, codecs), plan, rows, estimates)
 
 
 def optimizers(model: DistributedModelParallel, cfg: DictConfig) -> CombinedOptimizer:
-    """The sharded model's optimizers: its tables' (grouped as its model names them), Adam for the rest."""
-    return combined_optimizer(model, table_optimizers(model.module, cfg.optimizer), cfg.optimizer.dense_lr)
+    """The sharded model's optimizers: its tables' (grouped as its model names them, frozen or
+    every k steps as `embedding.update` says), Adam for the rest."""
+    tables = [table for module_plan in model.plan.plan.values() for table in module_plan]
+    return combined_optimizer(model, table_optimizers(model.module, cfg.optimizer), cfg.optimizer.dense_lr,
+                              update_settings(tables, cfg), cfg.embedding.update_every_k)
 
 
 @dataclass
@@ -145,6 +166,7 @@ class Trainable:
     rows: List[dict]  # the plan, one row per table (`plan_rows`)
     estimates: Any  # the planner's per-rank estimates
     parameters: Dict[str, int]  # per part of the model (`parameter_counts`)
+    tables: List[EmbeddingBagConfig]  # every table's config (name, features, shape), as before sharding
 
 
 def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
@@ -154,8 +176,9 @@ def build_trainable(cfg: DictConfig, env: DistributedEnv) -> Trainable:
     hashing = build_input_hashing(cfg, source)
     task = build_task(cfg, source, torch.device("meta"), hashing)
     parameters = parameter_counts(task)
+    tables = embedding_tables(task)
     sharded = shard(task, env, cfg)
     optimizer = optimizers(sharded.model, cfg)
     return Trainable(source, hashing, sharded.model, optimizer, sharded.plan, sharded.rows, sharded.estimates,
-                     parameters)
+                     parameters, tables)
 

@@ -87,6 +87,14 @@ class ComputeKernel(Choice):
     fused_uvm_caching = auto()
 
 
+class TableUpdate(Choice):
+    """`embedding.update.<table>`: a table that no optimizer steps, or one stepped every
+    `embedding.update_every_k` steps with the gradients of those steps summed."""
+
+    frozen = auto()
+    every_k_steps = auto()
+
+
 class AucKind(Choice):
     """`trainer.auc`: every prediction kept and gathered (exact), or a fixed-size histogram per class (binned)."""
 
@@ -387,6 +395,14 @@ class Item2VecConfig:
 
 
 @dataclass
+class FMConfig:
+    """`configs/model/fm.yaml`: Rendle 2010, a Factorization Machine over the feature embeddings
+    (no options: its width is `embedding.dim`, one for every feature)."""
+
+    _target_: str = "ctr.models.fm.FactorizationMachine"
+
+
+@dataclass
 class CrossConfig:
     """One entry of `model.wide.crosses`: the hashed cross of `features` into its own table,
     e.g. `{features: [cat_0, cat_1], num_embeddings: 100000}`."""
@@ -447,11 +463,25 @@ class DimRuleConfig:
 
 
 @dataclass
+class TableInitConfig:
+    """One entry of `embedding.init`: where a table's starting rows come from, one of
+    `checkpoint` (another ctr run's directory or one of its checkpoint directories; the
+    table `table` of it, default the same name, same shape) or `vectors` (a vectors
+    directory or a word2vec text file keyed by the data's raw ids, `ctr.features.vectors`)."""
+
+    checkpoint: Optional[str] = None
+    table: Optional[str] = None
+    vectors: Optional[str] = None
+
+
+@dataclass
 class EmbeddingConfig:
     """`configs/embedding/*.yaml`: hashing (`embedding.hashing=modulo|qr|vocab`, also spelt
     `embedding/hashing=...`), table rows, vector width (global, rule, per feature), storage
-    precision (fp32, fp16) and how a bag's ids are pooled (sum, mean; global or per feature,
-    a shared table under its name)."""
+    precision (fp32, fp16), how a bag's ids are pooled (sum, mean; global or per feature,
+    a shared table under its name), and per table (by its name, `t_<feature>`): pre-trained
+    starting rows (`init`, `ctr.train.table_init`) and how often it is updated (`update`,
+    `ctr.parallel.table_updates`)."""
 
     hashing: Any = MISSING
     dim: int = 16
@@ -462,6 +492,12 @@ class EmbeddingConfig:
     precision: TablePrecision = TablePrecision.fp32
     pooling: Pooling = Pooling.sum
     pooling_per_feature: Dict[str, Pooling] = field(default_factory=dict)
+    # per table: pre-trained rows; untyped, like `sharding.tables`, so that
+    # `+embedding.init.t_movie={checkpoint: <run dir>}` works; entries are checked against TableInitConfig
+    init: Dict[str, Any] = field(default_factory=dict)
+    # per table: frozen or every_k_steps; code reads it as embedding["update"] (`.update` is DictConfig's method)
+    update: Dict[str, TableUpdate] = field(default_factory=dict)
+    update_every_k: int = 10  # the k of every_k_steps tables
 
 
 @dataclass
@@ -726,5 +762,6 @@ def register_configs() -> None:
     store.store(group="model", name="deep_crossing_schema", node=DeepCrossingConfig)
     store.store(group="model", name="wide_deep_schema", node=WideDeepConfig)
     store.store(group="model", name="item2vec_schema", node=Item2VecConfig)
+    store.store(group="model", name="fm_schema", node=FMConfig)
     for name, node in (("modulo", ModuloHashingConfig), ("qr", QRHashingConfig), ("vocab", VocabHashingConfig)):
         store.store(group="embedding/hashing", name=f"{name}_schema", node=node)

@@ -7,12 +7,16 @@ The function joins the process group with a backend it names: gloo for the CPU t
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
+import torch
 import torch.multiprocessing as mp
+from omegaconf import DictConfig, OmegaConf
 
-from ctr.parallel.process_group import INIT_METHOD_ENV
+from ctr.build import Trainable, build_trainable
+from ctr.parallel.process_group import INIT_METHOD_ENV, DistributedEnv, init_distributed, shutdown
 
 
 def _entry(rank: int, fn: Callable, world_size: int, init_method: str, args: Tuple[Any, ...]) -> None:
@@ -40,3 +44,16 @@ def run_ranks(fn: Callable, world_size: int, *args: Any) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         init_method = f"file://{Path(scratch) / 'rendezvous'}"
         mp.start_processes(_entry, args=(fn, world_size, init_method, args), nprocs=world_size, start_method="spawn")
+
+
+@contextmanager
+def trainable_rank(cfg_dict: dict) -> Iterator[Tuple[DictConfig, DistributedEnv, Trainable]]:
+    """On a spawned rank: joins the gloo group and builds the job's sharded model (seeded
+    alike on every rank); leaves the group afterwards."""
+    cfg = OmegaConf.create(cfg_dict)
+    env = init_distributed("gloo")
+    try:
+        torch.manual_seed(0)
+        yield cfg, env, build_trainable(cfg, env)
+    finally:
+        shutdown()

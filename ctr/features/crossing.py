@@ -137,6 +137,9 @@ class CrossedHashing(FeatureHashing):
     def row_ids(self, key: str) -> Optional[torch.Tensor]:
         return self.hashing.row_ids(key)
 
+    def rows_of(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        return self.hashing.rows_of(feature, ids)
+
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         crossed = [cross_ids(features, cross) for cross in self.crosses]
         appended = KeyedJaggedTensor(

@@ -39,6 +39,15 @@ class FeatureHashing:
         the hashing keeps raw ids (`vocab`); None where rows are shared by design (`modulo`, `qr`)."""
         return None
 
+    def rows_of(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """The row of each raw id in `feature`'s table, or -1 for an id with no row of its own
+        (where pre-trained vectors for it would overwrite one shared with other ids)."""
+        hashed = self.hash_features(KeyedJaggedTensor.from_lengths_sync([feature], ids, torch.ones_like(ids, dtype=torch.int32)))
+        if hashed.keys() != [feature]:
+            raise ValueError(f"feature {feature!r} is hashed into the tables {hashed.keys()}, not one whose rows are its ids' "
+                             "own (embedding.hashing=qr): a table of it can start from a checkpoint, not from vectors")
+        return hashed.values()
+
     def __call__(self, batch: Batch) -> Batch:
         return Batch(
             dense_features=batch.dense_features,

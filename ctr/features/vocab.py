@@ -65,6 +65,11 @@ class VocabHashing(FeatureHashing):
         """Row 1 + i holds the i-th vocabulary id; the out-of-vocabulary row (0) none (-1)."""
         return torch.cat([torch.tensor([-1]), self._vocab[key]])
 
+    def rows_of(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of ids in the vocabulary; -1 for the others, which share the out-of-vocabulary row."""
+        rows = super().rows_of(feature, ids)
+        return torch.where(rows == OOV_ROW, -1, rows)
+
     def hash_features(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         parts = []
         for key, ids in zip(features.keys(), features.values().split(features.length_per_key())):

@@ -2,7 +2,8 @@
 for data-parallel tables), Adam for the dense tower.
 
 Tables come in named groups, each with its own `TableOptimizer` (the model decides the
-groups, the builder their settings: `ctr.build`); this module knows no model.
+groups, the builder their settings: `ctr.build`); this module knows no model. Tables
+named in `embedding.update` are frozen or stepped every k steps (`ctr.parallel.table_updates`).
 """
 
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+from ctr.config import TableUpdate
+from ctr.parallel.table_updates import EveryKSteps, Frozen, parameter_table
 
 # TorchRec maps these optimizer classes onto FBGEMM's fused TBE optimizers.
 SPARSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
@@ -46,6 +50,9 @@ class TableOptimizer:
         return SPARSE_OPTIMIZERS[self.name](params, **self.kwargs())
 
 
+# A frozen table's fused kernel: its own TBE, whose update w − 0·g leaves w as it is.
+FROZEN = TableOptimizer(name="sgd", lr=0.0, eps=0.0, setting="embedding.update")
+
 # group name → (the group's embedding collections, their optimizer)
 TableGroups = Mapping[str, Tuple[Sequence[nn.Module], TableOptimizer]]
 
@@ -60,18 +67,35 @@ def apply_table_optimizer(modules: Sequence[nn.Module], optimizer: TableOptimize
     DistributedModelParallel reads the mark and builds FBGEMM's fused kernel with that
     optimizer, so table gradients are never materialised.
     """
+    _mark(_parameters(modules), optimizer, device)
+
+
+def _mark(params: Sequence[torch.Tensor], optimizer: TableOptimizer, device: torch.device) -> None:
     if device.type == "cpu" and optimizer.name not in CPU_SPARSE_OPTIMIZERS:
         raise ValueError(
             f"{optimizer.setting}={optimizer.name!r} has no FBGEMM CPU kernel; "
             f"on CPU use one of {list(CPU_SPARSE_OPTIMIZERS)}"
         )
-    apply_optimizer_in_backward(SPARSE_OPTIMIZERS[optimizer.name], _parameters(modules), optimizer.kwargs())
+    if params:
+        apply_optimizer_in_backward(SPARSE_OPTIMIZERS[optimizer.name], list(params), optimizer.kwargs())
 
 
-def apply_table_optimizers(groups: TableGroups, device: torch.device) -> None:
-    """Marks every group's tables for its fused optimizer (before planning: the plan reads the marks)."""
+def apply_table_optimizers(
+    groups: TableGroups, device: torch.device, updates: Mapping[str, TableUpdate] = {}
+) -> None:
+    """Marks every group's tables for its fused optimizer (before planning: the plan reads the
+    marks); frozen tables for `FROZEN`, every_k_steps tables not at all (they run unfused)."""
+    frozen = []
     for modules, optimizer in groups.values():
-        apply_table_optimizer(modules, optimizer, device)
+        normal = []
+        for name, param in ((n, p) for module in modules for n, p in module.named_parameters()):
+            mode = updates.get(parameter_table(name))
+            if mode == TableUpdate.frozen:
+                frozen.append(param)
+            elif mode is None:
+                normal.append(param)
+        _mark(normal, optimizer, device)
+    _mark(frozen, FROZEN, device)
 
 
 def fused_state_bytes(model: DistributedModelParallel) -> int:
@@ -88,10 +112,14 @@ def fused_state_bytes(model: DistributedModelParallel) -> int:
     )
 
 
-def combined_optimizer(model: DistributedModelParallel, groups: TableGroups, dense_lr: float) -> CombinedOptimizer:
+def combined_optimizer(
+    model: DistributedModelParallel, groups: TableGroups, dense_lr: float,
+    updates: Mapping[str, TableUpdate] = {}, every_k: int = 1,
+) -> CombinedOptimizer:
     """The fused table optimizers (already inside the sharded model), each group's optimizer
-    for its tables without a fused kernel, and Adam for the rest. `groups` name the sharded
-    model's collections.
+    for its tables without a fused kernel (stepped every `every_k` steps for its
+    every_k_steps tables; never for frozen ones), and Adam for the rest. `groups` name the
+    sharded model's collections.
 
     Data-parallel tables use the dense kernel, which ignores the in-backward mark: left
     to the dense optimizer they would train with Adam, not the configured optimizer.
@@ -99,12 +127,22 @@ def combined_optimizer(model: DistributedModelParallel, groups: TableGroups, den
     unfused = dict(in_backward_optimizer_filter(model.named_parameters()))
     optimizers = [("sparse", model.fused_optimizer)]
     table_params = set()
+    frozen = {}
     for group, (modules, optimizer) in groups.items():
         params = {id(param) for param in _parameters(modules)}
         table_params |= params
-        tables = {key: param for key, param in unfused.items() if id(param) in params}
-        if tables:
-            optimizers.append((f"{group}_replicated", KeyedOptimizerWrapper(tables, optimizer.build)))
+        by_update: Dict[object, Dict[str, torch.Tensor]] = {}
+        for key, param in unfused.items():
+            if id(param) in params:
+                by_update.setdefault(updates.get(parameter_table(key)), {})[key] = param
+        frozen.update(by_update.pop(TableUpdate.frozen, {}))
+        if by_update.get(None):
+            optimizers.append((f"{group}_replicated", KeyedOptimizerWrapper(by_update[None], optimizer.build)))
+        if by_update.get(TableUpdate.every_k_steps):
+            optimizers.append((f"{group}_every_{every_k}_steps",
+                               EveryKSteps(KeyedOptimizerWrapper(by_update[TableUpdate.every_k_steps], optimizer.build), every_k)))
+    if frozen:
+        optimizers.append(("frozen", Frozen(KeyedOptimizerWrapper(frozen, FROZEN.build))))
     dense = {key: param for key, param in unfused.items() if id(param) not in table_params}
     if dense:  # a model of tables alone (Item2Vec) has nothing for Adam, which refuses an empty list
         optimizers.append((DENSE, KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr))))

@@ -7,8 +7,8 @@ reservation and proposers. Ranks pinned by an override are applied to the chosen
 before TorchRec turns it into a `ShardingPlan`, so the plan and its estimates agree.
 """
 
-from dataclasses import fields
-from typing import Dict, List, Mapping, Optional, Tuple
+from dataclasses import fields, replace
+from typing import Collection, Dict, List, Mapping, Optional, Tuple
 
 import torch.distributed as dist
 from hydra.utils import instantiate
@@ -108,12 +108,26 @@ def table_overrides(sharding: Mapping, tables: Mapping[str, EmbeddingBagConfig])
     return parsed
 
 
+def _forced_data_parallel(key: str, override: TableShardingConfig) -> TableShardingConfig:
+    """A table `embedding.update` makes data-parallel with the dense kernel (`ctr.parallel.table_updates`),
+    unless its own override asks for something else."""
+    for setting, value, wanted in (("sharding_type", override.sharding_type, "data_parallel"),
+                                   ("compute_kernel", override.compute_kernel, "dense")):
+        if value is not None and value != wanted:
+            raise ValueError(
+                f"{key}.{setting}={value!r}, but embedding.update makes the table every_k_steps, which runs it "
+                f"{wanted} (TorchRec's only unfused kernel, whose gradients can accumulate, is data-parallel's)"
+            )
+    return replace(override, sharding_type=TableShardingType.data_parallel, compute_kernel=ComputeKernel.dense)
+
+
 def sharding_constraints(
-    module: nn.Module, sharding: Mapping, device_type: str, world_size: int
+    module: nn.Module, sharding: Mapping, device_type: str, world_size: int, data_parallel_tables: Collection[str] = (),
 ) -> Dict[str, ParameterConstraints]:
     """Per-table constraints: the type (forced, overridden, or every type the device runs),
     its kernel (overridden, or the sharder's kernels for that type on this device) and
-    the narrowest column shard (pinned ranks fix it at dim / len(ranks))."""
+    the narrowest column shard (pinned ranks fix it at dim / len(ranks)). Tables in
+    `data_parallel_tables` are data-parallel with the dense kernel, whatever the group says."""
     tables = {table.name: table for table in embedding_tables(module)}
     overrides = table_overrides(sharding, tables)
     if sharding.get("sharding_type") is not None:
@@ -123,6 +137,8 @@ def sharding_constraints(
     for name, table in tables.items():
         key = f"sharding.tables.{name}"
         override = overrides.get(name, TableShardingConfig())
+        if name in data_parallel_tables:
+            override = _forced_data_parallel(key, override)
         sharding_type = override.sharding_type or sharding.get("sharding_type")
         if override.sharding_type:
             check_sharding_type(f"{key}.sharding_type", sharding_type, device_type)
@@ -231,10 +247,11 @@ def build_planner(
     local_world_size: int,
     device_type: str,
     memory: MemoryFacts,
+    data_parallel_tables: Collection[str] = (),
 ) -> Tuple[EmbeddingShardingPlanner, PlanEstimates]:
     """TorchRec's planner for `module` per the `sharding` config, on the given cluster with
     `memory` per rank, and the `PlanEstimates` it fills when it plans (its per-rank memory
-    and perf estimates, and the memory it assumed)."""
+    and perf estimates, and the memory it assumed). `data_parallel_tables`: see `sharding_constraints`."""
     overrides = table_overrides(sharding, {table.name: table for table in embedding_tables(module)})
     pinned = {name: list(o.ranks) for name, o in overrides.items() if o.ranks is not None}
     budget = sharding.get("memory_budget_gb")
@@ -243,7 +260,7 @@ def build_planner(
     planner = EmbeddingShardingPlanner(
         topology=topology(world_size, local_world_size, device_type, memory, budget),
         batch_size=batch_size,
-        constraints=sharding_constraints(module, sharding, device_type, world_size),
+        constraints=sharding_constraints(module, sharding, device_type, world_size, data_parallel_tables),
         storage_reservation=instantiate(sharding["storage_reservation"]),
         proposer=proposers or None,
         stats=[estimates],
@@ -269,6 +286,7 @@ def plan_sharding(
     sharding: Mapping,
     batch_size: int,
     qcomm_codecs_registry: Optional[Dict[str, QuantizedCommCodecs]] = None,
+    data_parallel_tables: Collection[str] = (),
 ) -> Tuple[ShardingPlan, PlanEstimates]:
     """Plans on rank 0 and shares the plan, so every rank shards identically.
 
@@ -279,7 +297,8 @@ def plan_sharding(
     _check_topology(sharding, env)
     memory = memory_facts(env.device.type, env.local_world_size)
     planner, estimates = build_planner(
-        module, sharding, batch_size, env.world_size, env.local_world_size, env.device.type, memory
+        module, sharding, batch_size, env.world_size, env.local_world_size, env.device.type, memory,
+        data_parallel_tables,
     )
     plan = planner.collective_plan(module, sharders(qcomm_codecs_registry), pg=dist.GroupMember.WORLD)
     if env.is_main:

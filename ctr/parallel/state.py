@@ -4,12 +4,33 @@ Used to start a sharded model from known weights (an unsharded model, a referenc
 and to collect a trained model's full tables on one rank (export, comparison).
 """
 
-from typing import Collection, Dict, Mapping, Optional
+from typing import Collection, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+
+def _local_blocks(target: Union[torch.Tensor, ShardedTensor]) -> Iterator[Tuple[torch.Tensor, Tuple[slice, ...]]]:
+    """This rank's parts of an entry, each with the slice of the whole tensor it holds
+    (a shard's row and column offsets; a replicated tensor: all of it)."""
+    if not isinstance(target, ShardedTensor):
+        yield target, tuple(slice(0, size) for size in target.shape)
+        return
+    for shard in target.local_shards():
+        yield shard.tensor, tuple(
+            slice(offset, offset + size) for offset, size in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+        )
+
+
+def write_rows(target: Union[torch.Tensor, ShardedTensor], rows: torch.Tensor, values: torch.Tensor) -> None:
+    """Copies `values[i]` into row `rows[i]` of a 2-d entry (a table's weight), in place:
+    each local shard takes the rows and columns it holds."""
+    with torch.no_grad():
+        for local, (row_block, column_block) in _local_blocks(target):
+            inside = (rows >= row_block.start) & (rows < row_block.stop)
+            local[(rows[inside] - row_block.start).to(local.device)] = values[inside][:, column_block].to(local)
 
 
 def load_full_state(model: nn.Module, full_state: Mapping[str, torch.Tensor]) -> None:
@@ -27,15 +48,8 @@ def load_full_state(model: nn.Module, full_state: Mapping[str, torch.Tensor]) ->
             source = full_state[key]
             if tuple(source.shape) != tuple(target.size()):
                 raise ValueError(f"{key}: full tensor has shape {tuple(source.shape)}, model expects {tuple(target.size())}")
-            if isinstance(target, ShardedTensor):
-                for shard in target.local_shards():
-                    index = tuple(
-                        slice(offset, offset + size)
-                        for offset, size in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
-                    )
-                    shard.tensor.copy_(source[index])
-            else:
-                target.copy_(source)
+            for local, index in _local_blocks(target):
+                local.copy_(source[index])
 
 
 def full_state_dict(model: nn.Module, device: torch.device, dst: int = 0,

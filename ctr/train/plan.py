@@ -13,12 +13,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchrec.distributed.planner.types import PlannerError, PlannerErrorType
 
-from ctr.build import build_task, mark_table_optimizers
+from ctr.build import build_task, mark_table_optimizers, table_names, update_settings
 from ctr.parallel.hardware import memory_facts
 from ctr.parallel.plan_summary import (
     GIB, element_size, embedding_tables, format_estimates, format_plan, plan_report, plan_rows,
 )
 from ctr.parallel.planner import build_planner, sharders
+from ctr.parallel.table_updates import forced_data_parallel
 
 
 @dataclass
@@ -48,7 +49,8 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     """Plans `cfg`'s model on its cluster; `fits` is False (and `text` says why) when no plan exists."""
     world_size, local_world_size, device = cluster(cfg)
     task = build_task(cfg, instantiate(cfg.data), torch.device("meta"))
-    mark_table_optimizers(task, cfg.optimizer, torch.device(device))
+    updates = update_settings(table_names(task), cfg)
+    mark_table_optimizers(task, cfg.optimizer, torch.device(device), updates)
     tables = embedding_tables(task)
     weights = sum(t.num_embeddings * t.embedding_dim * element_size(t) for t in tables)
     budget = cfg.sharding.memory_budget_gb
@@ -64,7 +66,8 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     on_this_machine = cfg.sharding.topology.world_size in (None, cfg.distributed.nproc_per_node)
     memory = memory_facts(device, local_world_size, on_this_machine)
     planner, estimates = build_planner(
-        task, cfg.sharding, cfg.trainer.batch_size, world_size, local_world_size, device, memory
+        task, cfg.sharding, cfg.trainer.batch_size, world_size, local_world_size, device, memory,
+        forced_data_parallel(updates),
     )
     try:
         plan = planner.plan(task, sharders())

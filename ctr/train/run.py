@@ -30,6 +30,7 @@ from ctr.train.loop import Hooks, TrainResult, train
 from ctr.train.metrics import auc_bins_setting
 from ctr.train.scalars import Scalars, peak_memory_per_rank, per_rank
 from ctr.train.schedule import build_scheduler
+from ctr.train.table_init import initialise_tables
 from ctr.train.validation import Validation
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def run_worker(cfg_container: dict, run_dir: str) -> Dict[str, float]:
 
 def _run(cfg: DictConfig, run_dir: Path, env: DistributedEnv, job_start: float) -> Dict[str, float]:
     built = _build(cfg, run_dir, env)
+    initialised_rows = initialise_tables(cfg, built, env)
     fitted = _fit(cfg, built, run_dir, env)
-    return _report(cfg, built, fitted, run_dir, env, job_start)
+    return _report(cfg, built, fitted, run_dir, env, job_start, initialised_rows)
 
 
 def _build(cfg: DictConfig, run_dir: Path, env: DistributedEnv) -> Trainable:
@@ -139,9 +141,11 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
 
 
 def _report(
-    cfg: DictConfig, built: Trainable, fitted: Fitted, run_dir: Path, env: DistributedEnv, job_start: float
+    cfg: DictConfig, built: Trainable, fitted: Fitted, run_dir: Path, env: DistributedEnv, job_start: float,
+    initialised_rows: Dict[str, int],
 ) -> Dict[str, float]:
-    """Evaluates on the test split and writes the run's figures (metrics.json); returns them."""
+    """Evaluates on the test split and writes the run's figures (metrics.json); returns them.
+    `initialised_rows`: the rows each `embedding.init` table took."""
     trainer, result, rows = cfg.trainer, fitted.result, built.rows
     metrics = evaluate(built.model, built.source, "test", built.hashing, env, trainer.eval_batch_size,
                        auc_bins_setting(trainer.auc, trainer.auc_bins))
@@ -168,6 +172,7 @@ def _report(
         "peak_memory_bytes_per_rank": memory,
         "world_size": env.world_size,
         "parameters": built.parameters,
+        "initialised_rows": initialised_rows,
     }
     fitted.scalars.add({f"test/{k}": v for k, v in metrics.items()}, result.steps)
     fitted.scalars.close()

@@ -6,6 +6,7 @@ from torchrec.modules.embedding_configs import DataType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ctr.features.hashing import ModuloHashing, build_hashing, feature_table_sizes
+from ctr.features.qr import QRHashing
 from ctr.features.tables import embedding_bag_configs, feature_dims
 
 
@@ -58,3 +59,9 @@ def test_fp16_storage_halves_the_table_bytes():
 def test_a_hashing_given_as_a_plain_string_fails_naming_the_config_group():
     with pytest.raises(ValueError, match="embedding/hashing=qr"):
         build_hashing({"hashing": "qr"}, source=None)
+
+
+def test_rows_of_places_raw_ids_as_the_data_path_does_and_refuses_split_features():
+    assert ModuloHashing({"a": 10}).rows_of("a", torch.tensor([123, 7])).tolist() == [3, 7]
+    with pytest.raises(ValueError, match=r"feature 'a' is hashed into the tables \['a@q', 'a@r'\]"):
+        QRHashing({"a": 10}, remainder_rows=4, combine="sum").rows_of("a", torch.tensor([1]))

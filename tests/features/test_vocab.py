@@ -36,6 +36,11 @@ def test_vocab_gives_frequent_ids_rows_and_maps_rare_and_unseen_ids_to_the_oov_r
     assert hashed["b"].values().tolist() == [1, OOV_ROW, OOV_ROW, 1, OOV_ROW]
 
 
+def test_rows_of_gives_vocabulary_ids_their_rows_and_the_others_none():
+    hashing = VocabHashing({"a": 100}, _Ids(a=[5, 5, 9, 9, 1]), min_count=2, sample_rows=1_000_000)
+    assert hashing.rows_of("a", torch.tensor([9, 1, 5, 12345])).tolist() == [2, -1, 1, -1]
+
+
 def test_vocab_keeps_the_most_frequent_ids_when_the_table_is_smaller():
     source = _Ids(a=[5, 5, 5, 9, 9, 7, 7, 7, 7])
     hashing = VocabHashing({"a": 3}, source, min_count=2, sample_rows=1_000_000)

@@ -9,14 +9,12 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torchrec.distributed.types import ParameterSharding, ShardingPlan
 
-from ctr.build import build_trainable
 from ctr.data.reader import batches
 from ctr.parallel.comms import check_comms, qcomm_codecs, substituted_precisions, warn_substituted_precisions, wire_bytes
 from ctr.parallel.plan_summary import pooled_comms_bytes
-from ctr.parallel.process_group import init_distributed, shutdown
 from ctr.train.loop import train
 from tests.hydra_config import TINY, compose
-from tests.multiprocess import run_ranks
+from tests.multiprocess import run_ranks, trainable_rank
 
 STEPS = 20
 # Largest gap allowed between a per-step loss and the fp32-comms run's, over 20 steps
@@ -27,11 +25,7 @@ INT8_LOSS_TOLERANCE = 2e-3
 
 def _train(cfg_dict: dict, out_path: str) -> None:
     """One rank: 20 steps with the configured comms; rank 0 saves the global per-step losses."""
-    cfg = OmegaConf.create(cfg_dict)
-    env = init_distributed("gloo")
-    try:
-        torch.manual_seed(0)
-        built = build_trainable(cfg, env)
+    with trainable_rank(cfg_dict) as (cfg, env, built):
         train_batches = (
             built.hashing(b)
             for b in batches(built.source, "train", cfg.trainer.batch_size, env.rank, env.world_size, True)
@@ -42,8 +36,6 @@ def _train(cfg_dict: dict, out_path: str) -> None:
         dist.all_gather_object(per_rank, result.losses)
         if env.is_main:
             torch.save([sum(step) / len(step) for step in zip(*per_rank)], out_path)
-    finally:
-        shutdown()
 
 
 def _losses(tmp_path, comms: str) -> List[float]:
