@@ -33,12 +33,14 @@ log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.npz"
 # A parallel run's layout (`ctr.data.parallel_preprocess`): each part's shards and progress record in
-# progress.parts/<part>/, its done mark, and the run's fingerprint; listed here so that `written_files`
-# covers them.
+# progress.parts/<part>/, its done mark and first-pass scan, the run's fingerprint and plan; listed here so
+# that `written_files` covers them.
 PARTS_DIR = "progress.parts"
 PART_DIGITS = 5
 PART_DONE = "done.json"
+PART_SCAN = "scan.npz"
 PARTS_FINGERPRINT = "fingerprint"
+PARTS_PLAN = "plan.npz"
 # Memory stays near 270 B × SHARD_ROWS (the Criteo shard being filled) + 4 KB × CHUNK_ROWS
 # (the lines being parsed), whatever the input size: about 135 MB with these values.
 SHARD_ROWS = 262_144
@@ -323,14 +325,15 @@ def written_files(out: Path) -> List[Path]:
 
 
 def part_files(out: Path) -> List[Path]:
-    """What a parallel run's parts wrote under `out/progress.parts/`: its fingerprint, and each
-    part directory's listed files (`_listed_files`) and done mark."""
+    """What a parallel run's parts wrote under `out/progress.parts/`: its fingerprint and plan, and each
+    part directory's listed files (`_listed_files`), scan and done mark."""
     parts = out / PARTS_DIR
     if not parts.is_dir():
         return []
-    paths = list(_with_temporary(parts / PARTS_FINGERPRINT))
+    paths = [*_with_temporary(parts / PARTS_FINGERPRINT), *_with_temporary(parts / PARTS_PLAN)]
     for directory in _part_directories(out):
-        paths += _listed_files(directory) + list(_with_temporary(directory / PART_DONE))
+        paths += _listed_files(directory) + [*_with_temporary(directory / PART_DONE),
+                                             *_with_temporary(directory / PART_SCAN)]
     return paths
 
 
