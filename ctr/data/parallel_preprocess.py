@@ -44,9 +44,10 @@ from tqdm import tqdm
 
 from ctr.atomic import write_atomic, write_json_atomic
 from ctr.data.shard_format import META_FILE, read_meta, shard_file
-from ctr.data.shard_writer import (EXAMPLES_KEPT, PART_DIGITS, PART_DONE, PART_SCAN, PARTS_DIR, PARTS_FINGERPRINT,
-                                   PARTS_PLAN, BadRowPolicy, ShardInput, ShardState, ShardWriter, input_fingerprint,
-                                   part_files, prepare_output, remove_files, write_blocks, write_meta, written_files)
+from ctr.data.shard_writer import (CHUNK_ROWS, EXAMPLES_KEPT, PART_DIGITS, PART_DONE, PART_SCAN, PARTS_DIR,
+                                   PARTS_FINGERPRINT, PARTS_PLAN, SHARD_ROWS, BadRowPolicy, ShardInput, ShardState,
+                                   ShardWriter, input_fingerprint, part_files, prepare_output, remove_files,
+                                   write_blocks, write_meta, written_files)
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,13 @@ def newlines_before(path: Path, stop: int, block: int = 1 << 24) -> int:
         return count
 
 
-def write_parts(open_source: Opener, output: str, on_bad_row: str, shard_rows: int, chunk_rows: int,
-                overwrite: bool, progress_bar: bool, workers: int) -> dict:
+def write_parts(open_source: Opener, output: str, on_bad_row: str = BadRowPolicy.error, shard_rows: int = SHARD_ROWS,
+                chunk_rows: int = CHUNK_ROWS, overwrite: bool = False, progress_bar: bool = True,
+                workers: int = 1) -> dict:
     """Writes a parted source as shards in `output` with `workers` processes (or every torchrun rank);
-    returns the meta.json content. `open_source` must pickle (spawned workers open it themselves)."""
+    returns the meta.json content, or the existing one at once when `output` already holds this
+    input's shards. `open_source(on_bad_row, shard_rows, chunk_rows)` opens the source (checking its
+    input) once these settings are checked; it must pickle (spawned workers open it themselves)."""
     if shard_rows < 1 or chunk_rows < 1:
         raise ValueError(f"shard_rows={shard_rows}, chunk_rows={chunk_rows}: both must be >= 1")
     if workers < 1:
@@ -238,7 +242,7 @@ def _part_dir(out: Path, part: int) -> Path:
 
 def _write_share(open_source: Opener, policy: BadRowPolicy, shard_rows: int, chunk_rows: int, fingerprint: str,
                  out: Path, worker: int, workers: int, sync: Sync, progress_bar: bool) -> None:
-    """Writes parts worker, worker + workers, ... that are not done yet (after the first pass, if the source has one)."""
+    """Writes parts worker, worker + workers, ... not done yet (after the first pass, where the source has one)."""
     source = open_source(policy, shard_rows, chunk_rows)
     mine = range(worker, len(source.parts()), workers)
     rss_at_start = _reset_peak_rss()
