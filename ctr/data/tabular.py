@@ -1,11 +1,11 @@
 """Delimited files (CSV/TSV) described by a schema (`ctr.data.schema`) → columnar shards.
 
-The schema's source for the shard writer (`ctr.data.shard_writer`): one streaming pass
-over the main files, side tables held in memory as key → row, each shard written for one
-split (read back with `ShardSource(split_by="preprocessed")`). A light first pass reads
-only the main files' raw fields when the split needs all rows first (the timestamp
-cut-off, or the keys to de-duplicate by). Inputs this size are re-read from the start if
-interrupted.
+The schema's source for the parted shard writer (`ctr.data.parallel_preprocess`): the main
+files in parts, side tables held in memory as key → row, each shard written for one split
+(read back with `ShardSource(split_by="preprocessed")`). A light first pass over the parts
+reads the raw fields that every record's split depends on (`_Splitter`); merged in part
+order, it plans the splits; then each part is streamed into shards, by any number of
+workers, with the same output whatever their number (`_CsvInput`).
 
 Categorical ids: id = splitmix64(blake2b-64(namespace + "\\x1f" + value)) >> 1, where
 blake2b-64 is the 8-byte BLAKE2b digest read little-endian and the namespace is the

@@ -4,10 +4,8 @@ and resume after a killed worker."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import List, Tuple
@@ -21,7 +19,7 @@ from ctr.data.shards import SPLITS, ShardSource
 from ctr.data.tabular import preprocess_csv
 from tests.conftest import REPO
 from tests.data.criteo_files import SHARED_DATA
-from tests.data.test_parallel_preprocess import _contents, _spawned_workers
+from tests.data.test_parallel_preprocess import _contents, kill_a_worker_midway
 from tests.data.test_tabular_training import _data_config
 
 HEADER = "user,movie,rating,ts,index,title,g1,g2,g3"
@@ -140,18 +138,8 @@ def test_a_killed_csv_worker_fails_the_run_which_resumes_per_part_with_other_wor
     _write(root / "b.csv", _records(1000, 4000, seed=4))
     schema = asdict(_schema(root, by="timestamp", timestamp_column="ts", test_ratio=0.2))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", _RUN, json.dumps(schema), str(out)], cwd=REPO,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    # The first pass is over once a part is done; parts still being written are killed mid-way.
-    while not list(out.glob(f"{PARTS_DIR}/*/done.json")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    workers = _spawned_workers(proc.pid)
-    assert workers, "no worker to kill"
-    os.kill(workers[0], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and not (out / "meta.json").exists(), "the kill came too late to test"
-    assert "signal" in stderr.lower() or "SIGKILL" in stderr
+    # The first pass is over once a part is done; the parts being written are killed mid-way.
+    kill_a_worker_midway([sys.executable, "-c", _RUN, json.dumps(schema), str(out)], out, f"{PARTS_DIR}/*/done.json")
 
     settings = {"shard_rows": 200, "chunk_rows": 100, "part_bytes": 12_000, "progress_bar": False}
     resumed = preprocess_csv(schema, str(out), workers=3, **settings)
