@@ -575,7 +575,8 @@ class _Splitter:
         self.key = [main.index(c, "split.dedup_key") for c in split.dedup_key]
 
     def scanned(self, fields: List[str]) -> Tuple[float, Optional[bytes]]:
-        """A record's timestamp (nan: none) and key hash (None: an unreadable record has no key)."""
+        """A record's timestamp (nan: none or no timestamp rule) and key hash (None: no `dedup_key`,
+        or an unreadable record, which has no key)."""
         stamp = _number(fields, self.timestamp) if self.timestamp is not None else math.nan
         return stamp, self.key_hash(fields) if self.key and fields else None
 
@@ -587,7 +588,8 @@ class _Splitter:
              ) -> Tuple[np.ndarray, np.ndarray, Dict[str, object]]:
         """Every record's split code (`SPLITS` index, in file order), the sorted key hashes of the
         non-test rows, and the timestamp cut-off with how its ties were divided. `sizes`: the
-        records per file; `stamps`, `keys`: per record (a key b"" where the record has none)."""
+        records per file; `stamps`, `keys`: per record where the rules use them (a key b"" where the
+        record has none), else empty."""
         codes = np.concatenate([np.zeros(0, np.int8)] + [self._draws(i, self._rng(i).random(n))
                                                           for i, n in enumerate(sizes)])
         order = np.arange(len(codes))
@@ -738,14 +740,18 @@ class _CsvInput(PlannedInput):
         if begin is None:
             with open(table.path, "rb") as stream:
                 begin = part.start + to_line_start(stream, part.start)
-        stamps, keys = [], []
+        stamps, keys, count = [], [], 0
+        timed, keyed = self._splitter.timestamp is not None, bool(self._splitter.key)
         with table.records_from(begin, part.stop, 1) as (lines, records):
-            for _, fields, _ in records:
+            for count, (_, fields, _) in enumerate(records, 1):
                 stamp, key = self._splitter.scanned(fields)
-                stamps.append(stamp), keys.append(key or b"")
+                if timed:
+                    stamps.append(stamp)
+                if keyed:
+                    keys.append(key or b"")
             end, next_line = lines.end
         return {"begin": np.int64(begin), "end": np.int64(end), "lines": np.int64(next_line - 1),
-                "records": np.int64(len(keys)), "stamps": np.array(stamps, np.float64), "keys": np.array(keys, "S32")}
+                "records": np.int64(count), "stamps": np.array(stamps, np.float64), "keys": np.array(keys, "S32")}
 
     def plan(self, scans: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
         """Each part's start (at a record), first line and first record, and every record's split."""
