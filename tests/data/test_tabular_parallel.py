@@ -13,13 +13,14 @@ from typing import List, Tuple
 import numpy as np
 import pytest
 
+from ctr.data import tabular
 from ctr.data.parallel_preprocess import PARTS_DIR
 from ctr.data.schema import DenseConfig, JoinConfig, LabelConfig, SchemaConfig, SparseConfig, SplitConfig
 from ctr.data.shards import SPLITS, ShardSource
 from ctr.data.tabular import preprocess_csv
 from tests.conftest import REPO
 from tests.data.criteo_files import SHARED_DATA
-from tests.data.test_parallel_preprocess import _contents, kill_a_worker_midway
+from tests.data.test_parallel_preprocess import _contents, _interrupt, kill_a_worker_midway
 from tests.data.test_tabular_training import _data_config
 
 HEADER = "user,movie,rating,ts,index,title,g1,g2,g3"
@@ -86,7 +87,7 @@ def _indices(out: Path, split: str) -> List[int]:
 
 def test_csv_shards_and_meta_are_byte_identical_for_1_2_and_3_workers_and_hold_the_uncut_rows(tmp_path):
     schema, files, bad_row = _fixture(tmp_path / "in")
-    part_bytes = 1500
+    part_bytes = 2500
     # Some cut lands inside a record spanning two lines: the plan must move that part's start to the record's end.
     cut_lines = []
     for path, _ in files:
@@ -100,7 +101,7 @@ def test_csv_shards_and_meta_are_byte_identical_for_1_2_and_3_workers_and_hold_t
     one = _contents(tmp_path / "w1")
     assert _contents(tmp_path / "w2") == one and _contents(tmp_path / "w3") == one
     meta = runs[1]
-    assert meta["last_run"]["parts"] > 15 and meta["settings"]["part_bytes"] == part_bytes
+    assert meta["last_run"]["parts"] == 10 and meta["settings"]["part_bytes"] == part_bytes
 
     # The same rows, splits, ties, bad lines and statistics as one process reading each file whole.
     whole = preprocess_csv(schema, str(tmp_path / "whole"), on_bad_row="skip", **_SMALL)
@@ -126,8 +127,24 @@ def test_csv_random_split_draws_the_same_rows_however_the_files_are_cut(tmp_path
         assert _indices(tmp_path / "cut", split) == _indices(tmp_path / "whole", split)
 
 
+def test_a_run_interrupted_after_the_first_pass_keeps_its_scans(tmp_path, monkeypatch):
+    schema, _, _ = _fixture(tmp_path / "in")
+    settings = {"on_bad_row": "skip", "part_bytes": 2500, **_SMALL}
+    out = tmp_path / "out"
+    monkeypatch.setattr(tabular._CsvInput, "plan", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_csv(schema, str(out), **settings)
+    assert len(list(out.glob(f"{PARTS_DIR}/*/scan.npz"))) == 10
+    monkeypatch.undo()
+    monkeypatch.setattr(tabular._CsvInput, "scan", _interrupt)  # the scans are not read again
+    preprocess_csv(schema, str(out), **settings)
+    monkeypatch.undo()
+    preprocess_csv(schema, str(tmp_path / "clean"), **settings)
+    assert _contents(out) == _contents(tmp_path / "clean") and not (out / PARTS_DIR).exists()
+
+
 _RUN = "import json, sys; from ctr.data.tabular import preprocess_csv; " \
-       "preprocess_csv(json.loads(sys.argv[1]), sys.argv[2], shard_rows=200, chunk_rows=100, part_bytes=12_000, " \
+       "preprocess_csv(json.loads(sys.argv[1]), sys.argv[2], shard_rows=200, chunk_rows=100, part_bytes=25_000, " \
        "workers=2, progress_bar=False)"
 
 
@@ -141,7 +158,7 @@ def test_a_killed_csv_worker_fails_the_run_which_resumes_per_part_with_other_wor
     # The first pass is over once a part is done; the parts being written are killed mid-way.
     kill_a_worker_midway([sys.executable, "-c", _RUN, json.dumps(schema), str(out)], out, f"{PARTS_DIR}/*/done.json")
 
-    settings = {"shard_rows": 200, "chunk_rows": 100, "part_bytes": 12_000, "progress_bar": False}
+    settings = {"shard_rows": 200, "chunk_rows": 100, "part_bytes": 25_000, "progress_bar": False}
     resumed = preprocess_csv(schema, str(out), workers=3, **settings)
     clean = preprocess_csv(schema, str(tmp_path / "clean"), **settings)
     assert 0 < resumed["last_run"]["rows"] < 5000
