@@ -13,29 +13,41 @@ shard writer's `ShardState`), and leaves `done.json` when finished. Once every p
 done, one process renumbers the parts' shards in part order, merges their statistics
 (sums, maxima, and the mergeable sketches of `ctr.data.sketches`, in part order) and
 writes meta.json last. A run interrupted anywhere resumes, with any number of workers:
-finished parts are kept, unfinished ones continue from their last shard, and the merge
-can be repeated.
+finished parts are kept, unfinished ones continue from their last shard (or start over,
+for a source that cannot resume inside a part), and the merge can be repeated.
+
+A source whose rows cannot be written before every row was seen once (a CSV split by
+time, train-only statistics: `PlannedInput`) gets a first pass the same way: each worker
+scans its parts (`progress.parts/<part>/scan.npz`), worker 0 merges the scans in part
+order into a plan (`progress.parts/plan.npz`), and every worker writes its parts knowing
+the plan. Barriers (torch.distributed's under torchrun, a multiprocessing barrier between
+local workers) order the steps; scans and the plan are kept until the run ends, so a
+resumed run skips what was already scanned or planned.
 """
 
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import time
 from abc import abstractmethod
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch.distributed as dist
 import torch.multiprocessing
 from tqdm import tqdm
 
 from ctr.atomic import write_atomic, write_json_atomic
 from ctr.data.shard_format import META_FILE, read_meta, shard_file
-from ctr.data.shard_writer import (EXAMPLES_KEPT, PART_DIGITS, PART_DONE, PARTS_DIR, PARTS_FINGERPRINT, BadRowPolicy,
-                                   ShardInput, ShardState, ShardWriter, input_fingerprint, part_files, prepare_output,
-                                   remove_files, write_blocks, write_meta)
+from ctr.data.shard_writer import (CHUNK_ROWS, EXAMPLES_KEPT, PART_DIGITS, PART_DONE, PART_SCAN, PARTS_DIR,
+                                   PARTS_FINGERPRINT, PARTS_PLAN, SHARD_ROWS, BadRowPolicy, ShardInput, ShardState,
+                                   ShardWriter, input_fingerprint, part_files, prepare_output, remove_files,
+                                   write_blocks, write_meta, written_files)
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +64,89 @@ class PartedInput(ShardInput):
         """The parts, in reading order; they depend on the input and settings only."""
 
     @abstractmethod
-    def for_part(self, part: Any) -> ShardInput:
-        """This source, reading one part only."""
+    def for_part(self, index: int) -> ShardInput:
+        """This source, reading part `index` only."""
 
     @abstractmethod
     def merged_position(self, positions: Sequence[dict]) -> dict:
         """The parts' own statistics (`ShardState.source`) merged, in part order."""
 
 
+Arrays = Dict[str, np.ndarray]
+
+
+class PlannedInput(PartedInput):
+    """A parted source that reads every part once (`scan`) before writing any: the scans,
+    merged in part order (`plan`), decide what the parts write (`planned`)."""
+
+    @abstractmethod
+    def scan(self, index: int) -> Arrays:
+        """What the plan needs of part `index` (plain arrays: they are saved without pickle);
+        "records" holds how many records it has, for the progress bar."""
+
+    @abstractmethod
+    def plan(self, scans: List[Arrays]) -> Arrays:
+        """Every part's scan, in part order, merged into what writing the parts needs."""
+
+    @abstractmethod
+    def planned(self, plan: Arrays) -> "PlannedInput":
+        """This source, knowing the plan (before `for_part` or `meta`)."""
+
+
 Opener = Callable[[BadRowPolicy, int, int], PartedInput]
+Sync = Callable[[], Any]
 
 
-def write_parts(open_source: Opener, output: str, on_bad_row: str, shard_rows: int, chunk_rows: int,
-                overwrite: bool, progress_bar: bool, workers: int) -> dict:
+@dataclass(frozen=True)
+class Part:
+    """Lines of one input file whose first byte lies in [start, stop) (stop None: to the end)."""
+
+    file_index: int
+    start: int
+    stop: Optional[int]
+
+
+def byte_parts(paths: Sequence[Path], part_bytes: int, whole: Callable[[Path], bool]) -> List[Part]:
+    """Every file cut every `part_bytes` (a file `whole` says so of: one part), in reading order."""
+    parts = []
+    for index, path in enumerate(paths):
+        if whole(path):
+            parts.append(Part(index, 0, None))
+            continue
+        size = path.stat().st_size
+        bounds = list(range(0, size, part_bytes)) + [size]
+        parts.extend(Part(index, start, stop) for start, stop in zip(bounds, bounds[1:]))
+    return parts
+
+
+def to_line_start(stream, start: int) -> int:
+    """Bytes from `start` to the first line beginning at or after it (0 at a file's start)."""
+    if start == 0:
+        return 0
+    stream.seek(start - 1)
+    return len(stream.readline()) - 1
+
+
+def newlines_before(path: Path, stop: int, block: int = 1 << 24) -> int:
+    """How many lines of `path` end before byte `stop` (a line number, counted when an error needs it)."""
+    with open(path, "rb") as stream:
+        count, read = 0, 0
+        while read < stop:
+            data = stream.read(min(block, stop - read))
+            if not data:
+                break
+            count += data.count(b"\n")
+            read += len(data)
+        return count
+
+
+def write_parts(open_source: Opener, output: str, on_bad_row: str = BadRowPolicy.error, shard_rows: int = SHARD_ROWS,
+                chunk_rows: int = CHUNK_ROWS, overwrite: bool = False, progress_bar: bool = True,
+                workers: int = 1) -> dict:
     """Writes a parted source as shards in `output` with `workers` processes (or every torchrun rank);
-    returns the meta.json content. `open_source` must pickle (spawned workers open it themselves)."""
+    returns the meta.json content, or the existing one at once when `output` already holds this
+    input's shards. `open_source(on_bad_row, shard_rows, chunk_rows)` opens the source (checking its
+    input) once these settings are checked; it must pickle (spawned workers open it themselves)."""
     if shard_rows < 1 or chunk_rows < 1:
         raise ValueError(f"shard_rows={shard_rows}, chunk_rows={chunk_rows}: both must be >= 1")
     if workers < 1:
@@ -87,19 +167,21 @@ def write_parts(open_source: Opener, output: str, on_bad_row: str, shard_rows: i
         return done
     started, wall = time.perf_counter(), time.time()
     if workers == 1:
-        share(0, 1)
+        share(0, 1, lambda: None)
     else:
-        torch.multiprocessing.start_processes(_share_of_worker, (share, workers), nprocs=workers,
+        # Only a source with a first pass waits at it; a dead worker makes the parent end the others.
+        barrier = multiprocessing.get_context("spawn").Barrier(workers)
+        torch.multiprocessing.start_processes(_share_of_worker, (share, workers, barrier), nprocs=workers,
                                               start_method="spawn")
     return _merge(source, fingerprint, out, started, wall)
 
 
-def _share_of_worker(worker: int, share: Callable[[int, int], None], workers: int) -> None:
-    share(worker, workers)
+def _share_of_worker(worker: int, share: Callable[[int, int, Sync], None], workers: int, barrier) -> None:
+    share(worker, workers, barrier.wait)
 
 
 def _as_rank(source: PartedInput, fingerprint: str, out: Path, overwrite: bool,
-             share: Callable[[int, int], None]) -> dict:
+             share: Callable[[int, int, Sync], None]) -> dict:
     """This torchrun rank's share; rank 0 readies the directory first and merges last."""
     dist.init_process_group("gloo", timeout=_BARRIER_TIMEOUT)
     try:
@@ -112,7 +194,7 @@ def _as_rank(source: PartedInput, fingerprint: str, out: Path, overwrite: bool,
             return _finished(out, fingerprint)
         if _read_fingerprint(out) != fingerprint:
             raise FileExistsError(f"rank 0 did not ready {out} for this input; see its error")
-        share(rank, world_size)
+        share(rank, world_size, dist.barrier)
         dist.barrier()
         if rank == 0:
             _merge(source, fingerprint, out, started, wall)
@@ -159,18 +241,49 @@ def _part_dir(out: Path, part: int) -> Path:
 
 
 def _write_share(open_source: Opener, policy: BadRowPolicy, shard_rows: int, chunk_rows: int, fingerprint: str,
-                 out: Path, worker: int, workers: int, progress_bar: bool) -> None:
-    """Writes parts worker, worker + workers, ... that are not done yet."""
+                 out: Path, worker: int, workers: int, sync: Sync, progress_bar: bool) -> None:
+    """Writes parts worker, worker + workers, ... not done yet (after the first pass, where the source has one)."""
     source = open_source(policy, shard_rows, chunk_rows)
-    parts = source.parts()
+    mine = range(worker, len(source.parts()), workers)
     rss_at_start = _reset_peak_rss()
-    desc = "preprocess" if workers == 1 else f"preprocess (worker 0 of {workers})"
-    bar = tqdm(unit=" rows", unit_scale=True, disable=not progress_bar or worker != 0, desc=desc)
-    for index in range(worker, len(parts), workers):
+    show = progress_bar and worker == 0
+    of = "" if workers == 1 else f" (worker 0 of {workers})"
+    if isinstance(source, PlannedInput):
+        source = _planned(source, out, mine, worker == 0, sync, tqdm(unit=" rows", unit_scale=True, disable=not show,
+                                                                      desc=f"first pass{of}"))
+    bar = tqdm(unit=" rows", unit_scale=True, disable=not show, desc=f"preprocess{of}")
+    for index in mine:
         directory = _part_dir(out, index)
         if not (directory / PART_DONE).exists():
-            _write_part(source.for_part(parts[index]), directory, shard_rows, fingerprint, bar.update, rss_at_start)
+            _write_part(source.for_part(index), directory, shard_rows, fingerprint, bar.update, rss_at_start)
     bar.close()
+
+
+def _planned(source: PlannedInput, out: Path, mine: range, lead: bool, sync: Sync, bar: tqdm) -> PlannedInput:
+    """The first pass: this worker scans its parts not scanned yet; once every worker has, the lead merges
+    the scans into the plan (unless an earlier run did); then every worker knows the plan."""
+    plan = out / PARTS_DIR / PARTS_PLAN
+    if not plan.exists():  # the same for every worker: the plan is written only between the two barriers below
+        for index in mine:
+            scan = _part_dir(out, index) / PART_SCAN
+            if not scan.exists():
+                scan.parent.mkdir(exist_ok=True)
+                arrays = source.scan(index)
+                write_atomic(scan, lambda f: np.savez(f, **arrays))
+                bar.update(int(arrays["records"]))
+        sync()
+        if lead and not plan.exists():
+            scans = [_load_arrays(_part_dir(out, index) / PART_SCAN) for index in range(len(source.parts()))]
+            arrays = source.plan(scans)
+            write_atomic(plan, lambda f: np.savez(f, **arrays))
+        sync()
+    bar.close()
+    return source.planned(_load_arrays(plan))
+
+
+def _load_arrays(path: Path) -> Arrays:
+    with np.load(path) as saved:  # allow_pickle stays off: a saved scan cannot run code
+        return dict(saved)
 
 
 def _write_part(source: ShardInput, directory: Path, shard_rows: int, fingerprint: str,
@@ -180,6 +293,8 @@ def _write_part(source: ShardInput, directory: Path, shard_rows: int, fingerprin
     directory.mkdir(exist_ok=True)
     for stale in directory.glob("*.tmp"):
         stale.unlink()
+    if not source.resumable:  # the part starts over: its earlier shards must not linger, unlisted
+        remove_files(directory, written_files(directory))
     state = ShardState(fingerprint, len(source.dense), len(source.sparse), source.start(), source.columns)
     state.load(directory)
     state.save(directory)  # before the first shard, so that its files are listed as ctr's if it is interrupted
@@ -193,6 +308,8 @@ def _write_part(source: ShardInput, directory: Path, shard_rows: int, fingerprin
 
 def _merge(source: PartedInput, fingerprint: str, out: Path, started: float, wall_start: float) -> dict:
     """Renumbers every part's shards into `out` in part order, merges their statistics, writes meta.json."""
+    if isinstance(source, PlannedInput):
+        source = source.planned(_load_arrays(out / PARTS_DIR / PARTS_PLAN))
     merged = ShardState(fingerprint, len(source.dense), len(source.sparse))
     positions, rows_this_run, peak_rss = [], 0, 0
     for index in range(len(source.parts())):

@@ -9,14 +9,14 @@ pass is resumable: each part saves its position (byte offset, line) with each sh
 
 import copy
 import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from ctr.data import criteo, shard_writer
-from ctr.data.parallel_preprocess import PART_BYTES, PartedInput, write_parts
+from ctr.data.parallel_preprocess import (PART_BYTES, Part, PartedInput, byte_parts, newlines_before, to_line_start,
+                                         write_parts)
 from ctr.data.shard_writer import Block, FileBlocks, Room, ShardState
 
 _TOP_IDS = 10
@@ -48,15 +48,6 @@ def preprocess(
     return write_parts(open_source, output, on_bad_row, shard_rows, chunk_rows, overwrite, progress_bar, workers)
 
 
-@dataclass(frozen=True)
-class Part:
-    """Lines of one input file whose first byte lies in [start, stop) (stop None: to the end)."""
-
-    file_index: int
-    start: int
-    stop: Optional[int]
-
-
 class _CriteoInput(PartedInput):
     """Criteo TSV files as blocks of rows, with the integer features' clamping and maxima counted."""
 
@@ -75,7 +66,7 @@ class _CriteoInput(PartedInput):
         self.inputs = [f.path for f in self._files]
         self.settings = {"on_bad_row": policy, "log1p": log1p, "dense": self.dense, "sparse": self.sparse,
                          "shard_rows": shard_rows, "part_bytes": part_bytes}
-        self._part_bytes = part_bytes
+        self._parts = byte_parts(self.inputs, part_bytes, whole=lambda path: path.suffix == ".gz")
         self._part: Optional[Part] = None
         self._first_line: Optional[int] = None
         self.columns = ["label", *self.dense, *self.sparse]
@@ -85,19 +76,12 @@ class _CriteoInput(PartedInput):
 
     def parts(self) -> List[Part]:
         """Every file cut every `part_bytes` (a gzipped file whole), in reading order."""
-        parts = []
-        for index, file in enumerate(self._files):
-            if file.path.suffix == ".gz":
-                parts.append(Part(index, 0, None))
-                continue
-            size = file.path.stat().st_size
-            bounds = list(range(0, size, self._part_bytes)) + [size]
-            parts.extend(Part(index, start, stop) for start, stop in zip(bounds, bounds[1:]))
-        return parts
+        return self._parts
 
-    def for_part(self, part: Part) -> "_CriteoInput":
+    def for_part(self, index: int) -> "_CriteoInput":
         source = copy.copy(self)
-        source._part, source._first_line = part, None if part.start else 1
+        source._part = self._parts[index]
+        source._first_line = None if source._part.start else 1
         return source
 
     def start(self) -> Dict[str, object]:
@@ -113,7 +97,7 @@ class _CriteoInput(PartedInput):
         position, stop = state.source, self._part.stop
         with criteo.open_binary(file.path) as stream:
             if position["offset"] == self._part.start:
-                position["offset"] += _to_line_start(stream, self._part.start)
+                position["offset"] += to_line_start(stream, self._part.start)
             stream.seek(position["offset"])
             while True:
                 count = min(self._chunk_rows, room(None))
@@ -143,8 +127,8 @@ class _CriteoInput(PartedInput):
         """The file's line number of the part's first line, counted once, when a bad line needs it."""
         if self._first_line is None:
             with open(path, "rb") as stream:
-                first_byte = self._part.start + _to_line_start(stream, self._part.start)
-            self._first_line = 1 + _newlines_before(path, first_byte)
+                first_byte = self._part.start + to_line_start(stream, self._part.start)
+            self._first_line = 1 + newlines_before(path, first_byte)
         return self._first_line
 
     def _block(self, parsed: criteo.ParsedLines, position: dict) -> Block:
@@ -184,14 +168,6 @@ class _CriteoInput(PartedInput):
         }
 
 
-def _to_line_start(stream, start: int) -> int:
-    """Bytes from `start` to the first line beginning at or after it (0 at a file's start)."""
-    if start == 0:
-        return 0
-    stream.seek(start - 1)
-    return len(stream.readline()) - 1
-
-
 def _lines_starting_before(stream, count: int, offset: int, stop: int) -> List[bytes]:
     """Up to `count` lines from `offset` whose first byte lies before `stop`."""
     lines = []
@@ -202,16 +178,6 @@ def _lines_starting_before(stream, count: int, offset: int, stop: int) -> List[b
         lines.append(line)
         offset += len(line)
     return lines
-
-
-def _newlines_before(path: Path, stop: int, block: int = 1 << 24) -> int:
-    with open(path, "rb") as stream:
-        count, read = 0, 0
-        while read < stop:
-            data = stream.read(min(block, stop - read))
-            count += data.count(b"\n")
-            read += len(data)
-        return count
 
 
 def _count_positives(counts: list, shard: int, labels: np.ndarray) -> None:

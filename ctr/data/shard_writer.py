@@ -1,6 +1,6 @@
-"""Writes the shards of any source (layout: `ctr.data.shard_format`) in one pass: the
-output's preparation, the input fingerprint, the resume state, the shard files and the
-common part of `meta.json`.
+"""Writes the shards of any source (layout: `ctr.data.shard_format`): the output's
+preparation, the input fingerprint, the resume state, the shard files and the common part
+of `meta.json`; `ctr.data.parallel_preprocess` runs the pass over a source's parts.
 
 A source (`ShardInput`: Criteo TSV in `ctr.data.preprocess`, schema-described CSV in
 `ctr.data.tabular`) supplies only its blocks of rows, file by file, and its own
@@ -13,7 +13,6 @@ shard. `meta.json` is written last: until it exists, readers refuse the director
 import hashlib
 import json
 import logging
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Type
 
 import numpy as np
-from tqdm import tqdm
 
 from ctr.atomic import write_atomic, write_json_atomic
 from ctr.data.shard_format import (
@@ -33,12 +31,14 @@ log = logging.getLogger(__name__)
 
 PROGRESS_FILE = "progress.npz"
 # A parallel run's layout (`ctr.data.parallel_preprocess`): each part's shards and progress record in
-# progress.parts/<part>/, its done mark, and the run's fingerprint; listed here so that `written_files`
-# covers them.
+# progress.parts/<part>/, its done mark and first-pass scan, the run's fingerprint and plan; listed here so
+# that `written_files` covers them.
 PARTS_DIR = "progress.parts"
 PART_DIGITS = 5
 PART_DONE = "done.json"
+PART_SCAN = "scan.npz"
 PARTS_FINGERPRINT = "fingerprint"
+PARTS_PLAN = "plan.npz"
 # Memory stays near 270 B × SHARD_ROWS (the Criteo shard being filled) + 4 KB × CHUNK_ROWS
 # (the lines being parsed), whatever the input size: about 135 MB with these values.
 SHARD_ROWS = 262_144
@@ -196,48 +196,6 @@ class ShardInput(ABC):
         """The source's own meta.json keys, merged into the common ones (nested keys too)."""
 
 
-def write_shards(
-    open_source: Callable[[BadRowPolicy, int, int], ShardInput],
-    output: str,
-    on_bad_row: str = BadRowPolicy.error,
-    shard_rows: int = SHARD_ROWS,
-    chunk_rows: int = CHUNK_ROWS,
-    overwrite: bool = False,
-    progress_bar: bool = True,
-) -> dict:
-    """Writes a source as shards in `output`; returns the meta.json content.
-
-    `open_source(on_bad_row, shard_rows, chunk_rows)` opens the source (checking its input)
-    once these settings are checked. Returns the existing meta at once when `output`
-    already holds this input's shards.
-    """
-    if shard_rows < 1 or chunk_rows < 1:
-        raise ValueError(f"shard_rows={shard_rows}, chunk_rows={chunk_rows}: both must be >= 1")
-    policy = BadRowPolicy(on_bad_row)
-    source = open_source(policy, shard_rows, chunk_rows)
-    fingerprint = input_fingerprint(source.inputs, source.settings)
-    out = Path(output)
-    done = prepare_output(out, fingerprint, overwrite)
-    if done is not None:
-        log.info("%s already holds these shards (%d rows); nothing to do", out, done["num_rows"])
-        return done
-
-    state = ShardState(fingerprint, len(source.dense), len(source.sparse), source.start(), source.columns)
-    if source.resumable:
-        state.load(out)
-        if state.rows:
-            log.info("resuming %s after %d rows in %d shards", out, state.rows, len(state.shards))
-    else:
-        remove_files(out, written_files(out))  # an unfinished run's shards, which this one starts over
-    state.save(out)  # before the first shard, so that its files are listed as ctr's if it is interrupted
-    writers = {split: ShardWriter(out, source.columns, shard_rows, state, split) for split in source.splits}
-    started, rows_before = time.perf_counter(), state.rows
-    bar = tqdm(initial=state.rows, unit=" rows", unit_scale=True, disable=not progress_bar, desc="preprocess")
-    write_blocks(source, state, writers, bar.update)
-    bar.close()
-    return write_meta(out, source, fingerprint, state, state.rows - rows_before, time.perf_counter() - started)
-
-
 def write_meta(out: Path, source: ShardInput, fingerprint: str, state: ShardState, rows_this_run: int,
                seconds: float, **last_run: Any) -> dict:
     """Checks the finished state, writes meta.json (last, so the directory becomes valid) and returns it;
@@ -323,14 +281,15 @@ def written_files(out: Path) -> List[Path]:
 
 
 def part_files(out: Path) -> List[Path]:
-    """What a parallel run's parts wrote under `out/progress.parts/`: its fingerprint, and each
-    part directory's listed files (`_listed_files`) and done mark."""
+    """What a parallel run's parts wrote under `out/progress.parts/`: its fingerprint and plan, and each
+    part directory's listed files (`_listed_files`), scan and done mark."""
     parts = out / PARTS_DIR
     if not parts.is_dir():
         return []
-    paths = list(_with_temporary(parts / PARTS_FINGERPRINT))
+    paths = [*_with_temporary(parts / PARTS_FINGERPRINT), *_with_temporary(parts / PARTS_PLAN)]
     for directory in _part_directories(out):
-        paths += _listed_files(directory) + list(_with_temporary(directory / PART_DONE))
+        paths += _listed_files(directory) + [*_with_temporary(directory / PART_DONE),
+                                             *_with_temporary(directory / PART_SCAN)]
     return paths
 
 

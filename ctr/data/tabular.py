@@ -1,11 +1,11 @@
 """Delimited files (CSV/TSV) described by a schema (`ctr.data.schema`) → columnar shards.
 
-The schema's source for the shard writer (`ctr.data.shard_writer`): one streaming pass
-over the main files, side tables held in memory as key → row, each shard written for one
-split (read back with `ShardSource(split_by="preprocessed")`). A light first pass reads
-only the main files' raw fields when the split needs all rows first (the timestamp
-cut-off, or the keys to de-duplicate by). Inputs this size are re-read from the start if
-interrupted.
+The schema's source for the parted shard writer (`ctr.data.parallel_preprocess`): the main
+files in parts, side tables held in memory as key → row, each shard written for one split
+(read back with `ShardSource(split_by="preprocessed")`). A light first pass over the parts
+reads the raw fields that every record's split depends on (`_Splitter`); merged in part
+order, it plans the splits; then each part is streamed into shards, by any number of
+workers, with the same output whatever their number (`_CsvInput`).
 
 Categorical ids: id = splitmix64(blake2b-64(namespace + "\\x1f" + value)) >> 1, where
 blake2b-64 is the 8-byte BLAKE2b digest read little-endian and the namespace is the
@@ -14,6 +14,8 @@ feature of one table, and different ids across tables.
 """
 
 import collections
+import contextlib
+import copy
 import csv
 import dataclasses
 import datetime
@@ -34,7 +36,9 @@ from ctr.data.ids import splitmix64, to_id
 from ctr.data.rows import BAG_PAD
 from ctr.data.schema import (DatePart, DelimitedFileConfig, DerivedConfig, Normalization, OtherColumns, SchemaConfig,
                              SparseConfig, SplitRule, ValRule, check_schema)
-from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardInput, ShardState
+from ctr.data.parallel_preprocess import (PART_BYTES, Part, PlannedInput, byte_parts, newlines_before, to_line_start,
+                                         write_parts)
+from ctr.data.shard_writer import BadLine, Block, FileBlocks, Room, ShardState
 from ctr.data.shards import SHUFFLE_BUFFER, SPLITS, ShardSource, SplitBy
 
 log = logging.getLogger(__name__)
@@ -67,33 +71,55 @@ def as_schema(schema) -> SchemaConfig:
     return typed
 
 
-class _Lines:
-    """Numbered text lines for `csv.reader`, with the lines of the current record kept, so that
-    a record can be read again from its second line."""
+class _Line(NamedTuple):
+    number: int
+    offset: int  # of its first byte in the file
+    text: str
 
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines, self._pending, self._next = lines, collections.deque(), 1
-        self.taken: List[Tuple[int, str]] = []  # the (number, text) lines of the record being read
+
+class _Lines:
+    """Numbered text lines of a file from byte `begin` on, for `csv.reader`, with the lines of the
+    current record kept, so that a record can be read again from its second line. A record
+    whose first line starts at or past byte `stop` is not begun: the lines end there (`end`)."""
+
+    def __init__(self, table: "_Table", stream, begin: int, stop: Optional[int], first_line: int) -> None:
+        self._table, self._stream, self._stop = table, stream, stop
+        self._pending: collections.deque = collections.deque()
+        self._offset, self._number = begin, first_line  # of the next line read from the stream
+        self.taken: List[_Line] = []  # the lines of the record being read
 
     def __iter__(self) -> "_Lines":
         return self
 
     def __next__(self) -> str:
-        if self._pending:
-            item = self._pending.popleft()
-        else:
-            item = (self._next, next(self._lines))
-            self._next += 1
+        item = self._pending.popleft() if self._pending else self._read()
+        if not self.taken and self._stop is not None and item.offset >= self._stop:
+            self._pending.appendleft(item)
+            raise StopIteration
         self.taken.append(item)
-        return item[1]
+        return item.text
 
-    def take(self) -> List[Tuple[int, str]]:
+    def _read(self) -> _Line:
+        raw = self._stream.readline()
+        if not raw:
+            raise StopIteration
+        line = _Line(self._number, self._offset, self._table.decode(raw, self._offset))
+        self._offset, self._number = self._offset + len(raw), self._number + 1
+        return line
+
+    def take(self) -> List[_Line]:
         """The lines read since the last call."""
         taken, self.taken = self.taken, []
         return taken
 
-    def push_back(self, lines: List[Tuple[int, str]]) -> None:
+    def push_back(self, lines: List[_Line]) -> None:
         self._pending.extendleft(reversed(lines))
+
+    @property
+    def end(self) -> Tuple[int, int]:
+        """(byte offset, line number) of the first line no record took."""
+        first = self._pending[0] if self._pending else _Line(self._number, self._offset, "")
+        return first.offset, first.number
 
 
 class _Record(NamedTuple):
@@ -104,7 +130,7 @@ class _Record(NamedTuple):
     problem: Optional[BadLine] = None
 
 
-def _unreadable(taken: List[Tuple[int, str]], error: csv.Error) -> _Record:
+def _unreadable(taken: List[_Line], error: csv.Error) -> _Record:
     """The problem record of lines the csv module refused, or of a record that ran past its line."""
     first = taken[0][0]
     if len(taken) > 1:
@@ -123,7 +149,7 @@ class _Table:
         if not path.is_file():
             raise CsvFormatError(f"{path} does not exist (data.schema{setting})")
         if spec.header:
-            first = next(self._records(), None)
+            first = next(self._all_records(), None)
             if first is None:
                 raise CsvFormatError(f"{path} is empty (data.schema{setting}.header=true expects a header line)")
             if first.problem:
@@ -134,40 +160,54 @@ class _Table:
         else:
             raise CsvFormatError(f"{path}: data.schema{setting}.header=false needs data.schema{setting}.columns")
 
-    def _records(self) -> Iterator[_Record]:
-        """Every record, numbered by its first line. A record spanning lines whose field count is
-        wrong, or that the csv module refuses, is a quote left open: it comes back as a problem
-        at its first line, and its later lines are read again as records of their own."""
-        with open(self.path, "rb") as stream:
-            lines = _Lines(self._decoded(stream))
-            while True:
-                reader = csv.reader(lines, delimiter=self.spec.delimiter)
-                try:
-                    for fields in reader:
-                        if len(lines.taken) > 1 and len(fields) != len(getattr(self, "columns", fields)):
-                            raise csv.Error(f"{len(fields)} fields, expected {len(self.columns)}")
-                        taken = lines.take()
-                        if fields:
-                            yield _Record(taken[0][0], fields)
-                    return
-                except csv.Error as error:
-                    taken = lines.take()
-                    lines.push_back(taken[1:])
-                    yield _unreadable(taken, error)
-
-    def _decoded(self, stream) -> Iterator[str]:
-        """Lines decoded one at a time, so that an encoding error names its line."""
-        encoding = self.spec.encoding
-        for number, raw in enumerate(stream, 1):
+    def read(self, lines: _Lines) -> Iterator[_Record]:
+        """Every record of `lines`, numbered by its first line. A record spanning lines whose field
+        count is wrong, or that the csv module refuses, is a quote left open: it comes back as a
+        problem at its first line, and its later lines are read again as records of their own."""
+        while True:
+            reader = csv.reader(lines, delimiter=self.spec.delimiter)
             try:
-                yield raw.decode(encoding)
-            except UnicodeDecodeError as error:
-                raise CsvFormatError(f"{self.path}:{number}: not valid {encoding} "
-                                     f"(data.schema{self.setting}.encoding={encoding!r}): {error.reason}") from error
+                for fields in reader:
+                    if len(lines.taken) > 1 and len(fields) != len(getattr(self, "columns", fields)):
+                        raise csv.Error(f"{len(fields)} fields, expected {len(self.columns)}")
+                    taken = lines.take()
+                    if fields:
+                        yield _Record(taken[0].number, fields)
+                return
+            except csv.Error as error:
+                taken = lines.take()
+                lines.push_back(taken[1:])
+                yield _unreadable(taken, error)
+
+    def decode(self, raw: bytes, offset: int) -> str:
+        """A line decoded alone, so that an encoding error names its line (counted then)."""
+        encoding = self.spec.encoding
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError as error:
+            number = 1 + newlines_before(self.path, offset)
+            raise CsvFormatError(f"{self.path}:{number}: not valid {encoding} "
+                                 f"(data.schema{self.setting}.encoding={encoding!r}): {error.reason}") from error
+
+    @contextlib.contextmanager
+    def records_from(self, begin: int, stop: Optional[int], first_line: int) -> Iterator[Tuple[_Lines, Iterator[_Record]]]:
+        """The lines from byte `begin` (a record's start) and the records whose first line starts
+        before `stop`; the header is skipped where `begin` is the file's start."""
+        with open(self.path, "rb") as stream:
+            stream.seek(begin)
+            lines = _Lines(self, stream, begin, stop, first_line)
+            records = self.read(lines)
+            if begin == 0 and self.spec.header:
+                next(records, None)
+            yield lines, records
+
+    def _all_records(self) -> Iterator[_Record]:
+        with open(self.path, "rb") as stream:
+            yield from self.read(_Lines(self, stream, 0, None, 1))
 
     def records(self) -> Iterator[_Record]:
         """Data records (the header skipped)."""
-        records = self._records()
+        records = self._all_records()
         if self.spec.header:
             next(records, None)
         return records
@@ -464,51 +504,55 @@ class _Block:
         return out
 
 
-@dataclass
-class _DenseStats:
-    """Running sums of the train rows' dense values, for the normalisation applied on read."""
+def _train_block(dense: np.ndarray) -> Dict[str, object]:
+    """A block of train rows' dense values summarised for the normalisation (`_dense_transform`)."""
+    return {"rows": len(dense), "sum": dense.sum(0).tolist(), "squares": (dense**2).sum(0).tolist(),
+            "low": dense.min(0).tolist(), "high": dense.max(0).tolist()}
 
-    count: int = 0
-    total: Optional[np.ndarray] = None
-    squares: Optional[np.ndarray] = None
-    low: Optional[np.ndarray] = None
-    high: Optional[np.ndarray] = None
 
-    def update(self, dense: np.ndarray) -> None:
-        if not len(dense):
-            return
-        values = dense.astype(np.float64)
-        if self.total is None:
-            self.total, self.squares = values.sum(0), (values**2).sum(0)
-            self.low, self.high = values.min(0), values.max(0)
+def _added_in_turn(vectors: Sequence[Sequence[float]], total: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+    """The vectors added one after the other, as one process reading block after block adds them.
+
+    Float addition does not associate, so adding each part's total would differ from one
+    process's running sum in the last bits; adding every block in turn, in part order,
+    gives the same bits whatever the number of workers.
+    """
+    for vector in vectors:
+        total = np.array(vector, np.float64) if total is None else total + np.array(vector, np.float64)
+    return total
+
+
+def _dense_transform(schema: SchemaConfig, blocks: Sequence[Dict[str, object]]) -> Dict[str, List[float]]:
+    """Per dense column: value ← (value - shift) · scale, from the train rows' blocks (in reading order)."""
+    count = sum(block["rows"] for block in blocks)
+    total, squares = _added_in_turn([b["sum"] for b in blocks]), _added_in_turn([b["squares"] for b in blocks])
+    shift, scale = [], []
+    for j, spec in enumerate(schema.dense):
+        if spec.normalize == Normalization.none or not count:
+            shift.append(0.0), scale.append(1.0)
+        elif spec.normalize == Normalization.standardize:
+            mean = total[j] / count
+            std = float(np.sqrt(max(squares[j] / count - mean**2, 0.0)))
+            shift.append(float(mean)), scale.append(1.0 / std if std > 0 else 1.0)
         else:
-            self.total += values.sum(0)
-            self.squares += (values**2).sum(0)
-            self.low, self.high = np.minimum(self.low, values.min(0)), np.maximum(self.high, values.max(0))
-        self.count += len(values)
-
-    def transform(self, schema: SchemaConfig) -> Dict[str, List[float]]:
-        """Per dense column: value ← (value - shift) · scale."""
-        shift, scale = [], []
-        for j, spec in enumerate(schema.dense):
-            if spec.normalize == Normalization.none or not self.count:
-                shift.append(0.0), scale.append(1.0)
-            elif spec.normalize == Normalization.standardize:
-                mean = self.total[j] / self.count
-                std = float(np.sqrt(max(self.squares[j] / self.count - mean**2, 0.0)))
-                shift.append(float(mean)), scale.append(1.0 / std if std > 0 else 1.0)
-            else:
-                span = float(self.high[j] - self.low[j])
-                shift.append(float(self.low[j])), scale.append(1.0 / span if span > 0 else 1.0)
-        return {"shift": shift, "scale": scale}
+            low, high = min(b["low"][j] for b in blocks), max(b["high"][j] for b in blocks)
+            span = float(high - low)
+            shift.append(float(low)), scale.append(1.0 / span if span > 0 else 1.0)
+    return {"shift": shift, "scale": scale}
 
 
 class _Splitter:
-    """Assigns each record of the main files to a split, and drops test rows seen in training.
+    """Plans each record of the main files into a split, and drops test rows seen in training.
 
-    Random rules draw per record from a generator seeded by (seed, file index). Rules that
-    need every row first (order, timestamp, `val_by: order`, `dedup_key`) are planned in a
-    light first pass over the raw fields: a split per record, by file and record index.
+    Every record's split is planned from the first pass (`scanned`: each record's timestamp and
+    key) over all parts, merged in part order (`plan`). Random rules draw per record from a
+    generator seeded by (seed, file index), in file order: the draws of a file's records are
+    the generator's first draws, however the file is cut. The ordered rules need a global
+    order, so the plan holds every record's timestamp in one process (8 bytes a record):
+    `by: timestamp` sorts them (ties in file order, a stable sort) and cuts the latest
+    `test_ratio`, whose earliest timestamp is the cut-off; `by: order` and `val_by: order` cut
+    by position in file (or time) order. `dedup_key` keeps a 128-bit hash of each non-test
+    row's key; the parts drop test rows whose key hash is among them.
     """
 
     def __init__(self, schema: SchemaConfig, files: List[Path], val_files: List[Path], test_files: List[Path],
@@ -529,43 +573,40 @@ class _Splitter:
         self.test_files = {files.index(f) for f in test_files}
         self.timestamp = main.index(split.timestamp_column, "split.timestamp_column") if split.by == SplitRule.timestamp else None
         self.key = [main.index(c, "split.dedup_key") for c in split.dedup_key]
-        self.cutoff: Optional[float] = None
-        self.ties: Dict[str, object] = {}
-        self.plan: Optional[List[np.ndarray]] = None
-        self.seen: set = set()
-        self.duplicates = 0
-        ordered = split.by in (SplitRule.order, SplitRule.timestamp) or split.val_by == ValRule.order
-        if ordered or self.key:
-            self._scan(files, main)
 
-    def _scan(self, files: List[Path], main: _Table) -> None:
-        """First pass: every record's split, then the keys of every non-test row."""
-        draws, stamps, keys, sizes = [], [], [], []
-        for i, path in enumerate(files):
-            rng = self._rng(i)
-            records = [fields for _, fields, _ in _Table(path, main.spec, "").records()]
-            sizes.append(len(records))
-            for fields in records:
-                draws.append(self._draw(i, rng.random()))
-                if self.timestamp is not None:
-                    stamps.append(_number(fields, self.timestamp))
-                if self.key:
-                    keys.append(self._key(fields) if fields else None)  # an unreadable record has no key
-        codes = np.array([SPLITS.index(s) for s in draws], np.int8)
+    def scanned(self, fields: List[str]) -> Tuple[float, Optional[bytes]]:
+        """A record's timestamp (nan: none or no timestamp rule) and key hash (None: no `dedup_key`,
+        or an unreadable record, which has no key)."""
+        stamp = _number(fields, self.timestamp) if self.timestamp is not None else math.nan
+        return stamp, self.key_hash(fields) if self.key and fields else None
+
+    def key_hash(self, fields: List[str]) -> bytes:
+        key = [fields[i] if i < len(fields) else "" for i in self.key]
+        return hashlib.blake2b(json.dumps(key).encode(), digest_size=16).hexdigest().encode()
+
+    def plan(self, sizes: List[int], stamps: np.ndarray, keys: np.ndarray, first: Path
+             ) -> Tuple[np.ndarray, np.ndarray, Dict[str, object]]:
+        """Every record's split code (`SPLITS` index, in file order), the sorted key hashes of the
+        non-test rows, and the timestamp cut-off with how its ties were divided. `sizes`: the
+        records per file; `stamps`, `keys`: per record where the rules use them (a key b"" where the
+        record has none), else empty."""
+        codes = np.concatenate([np.zeros(0, np.int8)] + [self._draws(i, self._rng(i).random(n))
+                                                          for i, n in enumerate(sizes)])
         order = np.arange(len(codes))
         if self.timestamp is not None:
-            order = self._time_order(np.array(stamps, np.float64), files[0])
+            order = self._time_order(stamps, first)
+        ties: Dict[str, object] = {}
         if self.split.by in (SplitRule.order, SplitRule.timestamp):
             codes[codes == SPLITS.index("test")] = SPLITS.index("train")
             codes[_last(order, self.split.test_ratio)] = SPLITS.index("test")
             if self.timestamp is not None:
-                self._count_ties(np.array(stamps, np.float64), codes)
+                ties = self._ties(stamps, codes)
         if self.split.val_by == ValRule.order and self.split.val_ratio:
             codes[codes == SPLITS.index("val")] = SPLITS.index("train")
             kept = order[codes[order] != SPLITS.index("test")]
             codes[_last(kept, self.split.val_ratio)] = SPLITS.index("val")
-        self.plan = np.split(codes, np.cumsum(sizes)[:-1])
-        self.seen = {key for key, code in zip(keys, codes) if key is not None and code != SPLITS.index("test")}
+        seen = np.unique(keys[(keys != b"") & (codes != SPLITS.index("test"))]) if self.key else keys[:0]
+        return codes, seen, {"cutoff": ties.get("cutoff"), "ties": ties}
 
     def _time_order(self, stamps: np.ndarray, first: Path) -> np.ndarray:
         """Records with a numeric timestamp, by time; ties in file order (a stable sort)."""
@@ -575,80 +616,34 @@ class _Splitter:
                                  "holds no numbers")
         return valid[np.argsort(stamps[valid], kind="stable")]
 
-    def _count_ties(self, stamps: np.ndarray, codes: np.ndarray) -> None:
+    def _ties(self, stamps: np.ndarray, codes: np.ndarray) -> Dict[str, object]:
         """The cut-off timestamp and how its tied rows were divided (meta.json, the log)."""
         test = codes == SPLITS.index("test")
         if not test.any():
-            return
-        self.cutoff = float(stamps[test].min())
-        tied = stamps == self.cutoff
-        self.ties = {"cutoff": self.cutoff, "rows_at_cutoff": int(tied.sum()),
-                     "rows_at_cutoff_in_test": int((tied & test).sum()),
-                     "rule": "rows tied at the cut-off go in file order, the later ones to test"}
+            return {}
+        cutoff = float(stamps[test].min())
+        tied = stamps == cutoff
+        ties = {"cutoff": cutoff, "rows_at_cutoff": int(tied.sum()), "rows_at_cutoff_in_test": int((tied & test).sum()),
+                "rule": "rows tied at the cut-off go in file order, the later ones to test"}
         log.info("timestamp split: cut-off %s holds %d rows, %d of them to test (file order)",
-                 self.cutoff, self.ties["rows_at_cutoff"], self.ties["rows_at_cutoff_in_test"])
+                 cutoff, ties["rows_at_cutoff"], ties["rows_at_cutoff_in_test"])
+        return ties
 
     def _rng(self, file_index: int) -> np.random.Generator:
         return np.random.default_rng([self.split.seed, file_index])
 
-    def files(self, files: List[Path]) -> Iterator[Tuple[int, Path, np.random.Generator]]:
-        for i, path in enumerate(files):
-            yield i, path, self._rng(i)
-
-    def _key(self, fields: List[str]) -> Tuple[str, ...]:
-        return tuple(fields[i] if i < len(fields) else "" for i in self.key)
-
-    def _draw(self, file_index: int, u: float) -> str:
-        """The split by the random rules and the files (the ordered rules are planned in `_scan`)."""
+    def _draws(self, file_index: int, u: np.ndarray) -> np.ndarray:
+        """The split codes of a file's records by the random rules and the files (`u`: one draw per record)."""
         split = self.split
+        codes = np.full(len(u), SPLITS.index("train"), np.int8)
         if file_index in self.test_files:
-            return "test"
+            return np.full(len(u), SPLITS.index("test"), np.int8)
+        test = np.zeros(len(u), bool)
         if split.by == SplitRule.ratio:
-            if u < split.test_ratio:
-                return "test"
-            u -= split.test_ratio
-        if file_index in self.val_files:
-            return "val"
-        return "val" if u < split.val_ratio else "train"
-
-    def assign(self, file_index: int, record: int, fields: List[str], u: float) -> Optional[str]:
-        """The record's split, or None for a test row whose key is also in a non-test row."""
-        split = SPLITS[self.plan[file_index][record]] if self.plan is not None else self._draw(file_index, u)
-        if split == "test" and self.key and self._key(fields) in self.seen:
-            self.duplicates += 1
-            return None
-        return split
-
-    def assigned(self, file_index: int, table: _Table, rng: np.random.Generator) -> Iterator[Tuple[_Record, Optional[str]]]:
-        """Every record of one main file with its split (`assign`), in file order."""
-        for index_in_file, record in enumerate(table.records()):
-            yield record, self.assign(file_index, index_in_file, record.fields, rng.random())
-
-
-def split_columns(schema, columns: Sequence[str]) -> Dict[str, Dict[str, List[str]]]:
-    """The raw values of main-file `columns` of every record, per split, in file order: the
-    rows preprocessing writes to each split (`schema.split`; de-duplicated test rows left out).
-
-    For readers that need columns the shards do not keep (e.g. a timestamp to order by).
-    A record that cannot be read stops with its file and line.
-    """
-    schema = as_schema(schema)
-    root = Path(schema.root)
-    val_files, test_files = [root / f for f in schema.val_files], [root / f for f in schema.test_files]
-    files = [root / f for f in schema.files] + val_files + test_files
-    main = _Table(files[0], schema, "")
-    indices = [main.index(column, f"columns[{column!r}]") for column in columns]
-    splitter = _Splitter(schema, files, val_files, test_files, main)
-    values = {split: {column: [] for column in columns} for split in SPLITS}
-    for file_index, path, rng in splitter.files(files):
-        for record, split in splitter.assigned(file_index, _Table(path, schema, ""), rng):
-            if record.problem is not None or len(record.fields) != len(main.columns):
-                problem = record.problem.message if record.problem else f"{len(record.fields)} fields, expected {len(main.columns)}"
-                raise CsvFormatError(f"{path}:{record.line}: {problem}")
-            if split is not None:
-                for column, index in zip(columns, indices):
-                    values[split][column].append(record.fields[index])
-    return values
+            test, u = u < split.test_ratio, u - split.test_ratio
+        codes[~test & (True if file_index in self.val_files else u < split.val_ratio)] = SPLITS.index("val")
+        codes[test] = SPLITS.index("test")
+        return codes
 
 
 def _last(positions: np.ndarray, fraction: float) -> np.ndarray:
@@ -663,25 +658,55 @@ def _number(fields: List[str], index: int) -> float:
         return float("nan")
 
 
-def preprocess_csv(schema, output: str, **options) -> dict:
+def preprocess_csv(schema, output: str, on_bad_row: str = shard_writer.BadRowPolicy.error,
+                   shard_rows: int = shard_writer.SHARD_ROWS, chunk_rows: int = shard_writer.CHUNK_ROWS,
+                   overwrite: bool = False, progress_bar: bool = True, workers: int = 1,
+                   part_bytes: int = PART_BYTES) -> dict:
     """Turns the files `schema` describes into shards in `output`; returns the meta.json content.
 
-    `options`: the pass's settings, as `ctr.data.shard_writer.write_shards` takes them
-    (on_bad_row, shard_rows, chunk_rows, overwrite, progress_bar). The schema's columns,
-    side tables and split settings are checked before any row is written.
+    The schema's columns, side tables and split settings are checked before any row is
+    written. `workers` processes (under torchrun: every rank) read the main files in parts of
+    `part_bytes` (at record boundaries) twice: a first pass plans every record's split
+    (`_Splitter`), then each part is written; the output is the same whatever the number of
+    workers, and the same as one process reading the files whole where no file is cut.
     """
     schema = as_schema(schema)
-    return shard_writer.write_shards(lambda *settings: _CsvInput(schema, *settings), output, **options)
+    open_source = functools.partial(_CsvInput, schema, part_bytes)
+    return write_parts(open_source, output, on_bad_row, shard_rows, chunk_rows, overwrite, progress_bar, workers)
 
 
-class _CsvInput(ShardInput):
-    """The schema's main files as blocks of rows per split, joined with its side tables."""
+def split_columns(schema, columns: Sequence[str]) -> Dict[str, Dict[str, List[str]]]:
+    """The raw values of main-file `columns` of every record, per split, in file order: the
+    rows preprocessing writes to each split (`schema.split`, planned as `preprocess_csv`
+    plans it; de-duplicated test rows left out).
+
+    For readers that need columns the shards do not keep (e.g. a timestamp to order by).
+    A record that cannot be read stops with its file and line.
+    """
+    source = _CsvInput(as_schema(schema), PART_BYTES, shard_writer.BadRowPolicy.error, shard_writer.SHARD_ROWS,
+                       shard_writer.CHUNK_ROWS)
+    return source.planned(source.plan([source.scan(i) for i in range(len(source.parts()))])).columns_by_split(columns)
+
+
+class _CsvInput(PlannedInput):
+    """The schema's main files as blocks of rows per split, joined with its side tables.
+
+    Parts are `part_bytes` of a main file. The first pass reads each part's records (its
+    timestamps and keys, `_Splitter.scanned`); the plan then fixes where each part starts
+    (a cut that falls inside a record spanning lines is moved to that record's end, found
+    by reading the part again from the previous part's end), its first line number and
+    record, and every record's split. A part cannot resume inside itself (its splits' shards
+    fill at different rates), so an interrupted part is written again from its start.
+    """
 
     name = "csv"
     splits = SPLITS
     error = CsvFormatError
 
-    def __init__(self, schema: SchemaConfig, policy: shard_writer.BadRowPolicy, shard_rows: int, chunk_rows: int) -> None:
+    def __init__(self, schema: SchemaConfig, part_bytes: int, policy: shard_writer.BadRowPolicy, shard_rows: int,
+                 chunk_rows: int) -> None:
+        if part_bytes < 1:
+            raise ValueError(f"part_bytes={part_bytes}: must be >= 1")
         if not schema.files:
             raise CsvFormatError("data.schema.files is empty: list the files to read (relative to data.schema.root)")
         root = Path(schema.root)
@@ -690,75 +715,203 @@ class _CsvInput(ShardInput):
         # Training files first: their keys de-duplicate the test rows.
         self._files = [root / f for f in schema.files] + val_files + test_files
         self._schema, self._policy, self._chunk_rows = schema, policy, chunk_rows
-        self._main = _Table(self._files[0], schema, "")
+        self._tables = [_Table(path, schema, "") for path in self._files]
+        self._main = self._tables[0]
+        for table in self._tables[1:]:
+            if table.columns != self._main.columns:
+                raise CsvFormatError(f"{table.path}: header {table.columns} differs from {self._files[0]}'s "
+                                     f"{self._main.columns}")
         self._layout = _Layout(schema, self._main.columns, self._main.path, root)
         self._features = _Features(_with_other_columns(schema, self._layout), self._layout)
         self._splitter = _Splitter(schema, self._files, val_files, test_files, self._main)
+        self._parts = byte_parts(self._files, part_bytes, whole=lambda path: False)
         self.input = str(schema.root)
         self.description = ", ".join(str(f) for f in self._files)
         self.inputs = self._files + [side.table.path for side in self._layout.sides]
         self.settings = {"schema": asdict(schema), "on_bad_row": policy, "shard_rows": shard_rows}
+        if len(self._parts) > len({part.file_index for part in self._parts}):
+            self.settings["part_bytes"] = part_bytes  # a cut file's parts end shards and blocks where it is cut
         self.dense = [d.column for d in schema.dense]
         self.sparse = [s.name for s in self._features.single]
         self._bags = [s.name for s in self._features.bags]
         self.columns = ["label", *self.dense, *self.sparse, *self._bags]
-        self._stats = _DenseStats()
-        self._truncated = {name: 0 for name in self._bags}
-        self._rows = {split: 0 for split in SPLITS}
-        self._positives = {split: 0 for split in SPLITS}
+        self._part_index: Optional[int] = None
+        self._plan: Dict[str, np.ndarray] = {}
+        self._seen: frozenset = frozenset()
+
+    def parts(self) -> List[Part]:
+        return self._parts
+
+    def scan(self, index: int) -> Dict[str, np.ndarray]:
+        return self._scan(index, None)
+
+    def _scan(self, index: int, begin: Optional[int]) -> Dict[str, np.ndarray]:
+        """The part's records from `begin` (None: its first line start): where they start and end,
+        how many lines they take, and each one's timestamp and key hash."""
+        part = self._parts[index]
+        table = self._tables[part.file_index]
+        if begin is None:
+            with open(table.path, "rb") as stream:
+                begin = part.start + to_line_start(stream, part.start)
+        stamps, keys, count = [], [], 0
+        timed, keyed = self._splitter.timestamp is not None, bool(self._splitter.key)
+        with table.records_from(begin, part.stop, 1) as (lines, records):
+            for count, (_, fields, _) in enumerate(records, 1):
+                stamp, key = self._splitter.scanned(fields)
+                if timed:
+                    stamps.append(stamp)
+                if keyed:
+                    keys.append(key or b"")
+            end, next_line = lines.end
+        return {"begin": np.int64(begin), "end": np.int64(end), "lines": np.int64(next_line - 1),
+                "records": np.int64(count), "stamps": np.array(stamps, np.float64), "keys": np.array(keys, "S32")}
+
+    def plan(self, scans: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        """Each part's start (at a record), first line and first record, and every record's split."""
+        line, sizes = [], [0] * len(self._files)
+        for index, part in enumerate(self._parts):
+            before = index - 1 if index and self._parts[index - 1].file_index == part.file_index else None
+            if before is None:
+                line.append(1)
+                continue
+            if scans[index]["begin"] != scans[before]["end"]:  # the cut fell inside a record spanning lines
+                scans[index] = self._scan(index, int(scans[before]["end"]))
+            line.append(line[before] + int(scans[before]["lines"]))
+        for part, scan in zip(self._parts, scans):
+            sizes[part.file_index] += int(scan["records"])
+        records = np.array([scan["records"] for scan in scans], np.int64)
+        codes, seen, split = self._splitter.plan(
+            sizes, np.concatenate([np.zeros(0)] + [scan["stamps"] for scan in scans]),
+            np.concatenate([np.zeros(0, "S32")] + [scan["keys"] for scan in scans]), self._files[0])
+        return {"begin": np.array([scan["begin"] for scan in scans], np.int64), "line": np.array(line, np.int64),
+                "first_record": np.cumsum(records) - records, "records": records, "codes": codes, "seen": seen,
+                "split": np.array(json.dumps(split))}
+
+    def planned(self, plan: Dict[str, np.ndarray]) -> "_CsvInput":
+        source = copy.copy(self)
+        source._plan = plan
+        source._seen = frozenset(plan["seen"].tolist())
+        return source
+
+    def for_part(self, index: int) -> "_CsvInput":
+        source = copy.copy(self)
+        source._part_index = index
+        return source
+
+    def start(self) -> Dict[str, object]:
+        """A part's statistics: rows and positives per split, truncated bags, unmatched join keys,
+        de-duplicated test rows, and every block's dense sums (`_added_in_turn`)."""
+        return {"rows": {s: 0 for s in SPLITS}, "positives": {s: 0 for s in SPLITS},
+                "truncated": {name: 0 for name in self._bags}, "unmatched": [0] * len(self._layout.sides),
+                "duplicates": 0, "dense_blocks": [], "train_blocks": []}
 
     def files(self, state: ShardState, room: Room) -> Iterator[FileBlocks]:
-        for index, path, rng in self._splitter.files(self._files):
-            table = _Table(path, self._schema, "")
-            if table.columns != self._main.columns:
-                raise CsvFormatError(f"{path}: header {table.columns} differs from {self._files[0]}'s {self._main.columns}")
-            yield path.name, None, self._blocks(index, path, table, rng, state)
+        path = self._files[self._parts[self._part_index].file_index]
+        yield path.name, None, self._blocks(state)
 
-    def _blocks(self, index: int, path: Path, table: _Table, rng: np.random.Generator,
-                state: ShardState) -> Iterator[Block]:
+    def _blocks(self, state: ShardState) -> Iterator[Block]:
         """Blocks of up to `chunk_rows` rows per split as they fill, then each split's rest closing it."""
+        index, position = self._part_index, state.source
+        part = self._parts[index]
+        for side in self._layout.sides:
+            side.unmatched = 0
         blocks = {split: _Block() for split in SPLITS}
         width = len(self._main.columns)
-        for record, split in self._splitter.assigned(index, table, rng):
-            if split is None and record.problem is None and len(record.fields) == width:
-                continue
-            parsed = _parse_record(self._layout, self._features, record)
-            if isinstance(parsed, BadLine):
-                state.record_bad(path, parsed, self._policy, CsvFormatError,
-                                 " (on_bad_row=error; on_bad_row=skip drops such rows)")
-                continue
-            block = blocks[split]
-            block.add(*parsed)
-            if len(block.labels) >= self._chunk_rows:
-                blocks[split] = _Block()
-                yield self._packed(split, block)
+        table = self._tables[part.file_index]
+        with self.assigned(index) as assigned:
+            for record, split in assigned:
+                if split is None:
+                    position["duplicates"] += 1
+                    if record.problem is None and len(record.fields) == width:
+                        continue
+                parsed = _parse_record(self._layout, self._features, record)
+                if isinstance(parsed, BadLine):
+                    state.record_bad(table.path, parsed, self._policy, CsvFormatError,
+                                     " (on_bad_row=error; on_bad_row=skip drops such rows)")
+                    continue
+                block = blocks[split]
+                block.add(*parsed)
+                if len(block.labels) >= self._chunk_rows:
+                    blocks[split] = _Block()
+                    yield self._packed(split, block, position)
+        position["unmatched"] = [side.unmatched for side in self._layout.sides]
         for split, block in blocks.items():
-            yield self._packed(split, block, closes_split=True)
+            yield self._packed(split, block, position, closes_split=True)
 
-    def _packed(self, split: str, block: _Block, closes_split: bool = False) -> Block:
-        """A split's collected rows as columns; adds their dense values to the train statistics."""
+    @contextlib.contextmanager
+    def assigned(self, index: int) -> Iterator[Iterator[Tuple[_Record, Optional[str]]]]:
+        """Part `index`'s records with their planned split, in file order; None for a test row
+        whose key is also in a non-test row (`dedup_key`). Needs the plan (`planned`)."""
+        plan, part = self._plan, self._parts[index]
+        first = int(plan["first_record"][index])
+        codes = plan["codes"][first:first + int(plan["records"][index])]
+        table = self._tables[part.file_index]
+        with table.records_from(int(plan["begin"][index]), part.stop, int(plan["line"][index])) as (_, records):
+            yield ((record, self._split_of(code, record)) for code, record in zip(codes, records))
+
+    def columns_by_split(self, columns: Sequence[str]) -> Dict[str, Dict[str, List[str]]]:
+        """`split_columns` over this planned source."""
+        main = self._main
+        indices = [main.index(column, f"columns[{column!r}]") for column in columns]
+        values = {split: {column: [] for column in columns} for split in SPLITS}
+        for index in range(len(self._parts)):
+            path = self._tables[self._parts[index].file_index].path
+            with self.assigned(index) as assigned:
+                for record, split in assigned:
+                    if record.problem is not None or len(record.fields) != len(main.columns):
+                        problem = record.problem.message if record.problem else f"{len(record.fields)} fields, expected {len(main.columns)}"
+                        raise CsvFormatError(f"{path}:{record.line}: {problem}")
+                    if split is not None:
+                        for column, position in zip(columns, indices):
+                            values[split][column].append(record.fields[position])
+        return values
+
+    def _split_of(self, code: int, record: _Record) -> Optional[str]:
+        split = SPLITS[code]
+        if split == "test" and self._splitter.key and self._splitter.key_hash(record.fields) in self._seen:
+            return None
+        return split
+
+    def _packed(self, split: str, block: _Block, position: dict, closes_split: bool = False) -> Block:
+        """A split's collected rows as columns; adds them to the part's statistics."""
         rows = len(block.labels)
         dense = np.array(block.dense, np.float64).reshape(rows, len(self.dense))
-        if split == "train":
-            self._stats.update(dense)
-        self._rows[split] += rows
-        self._positives[split] += int(sum(block.labels))
+        position["rows"][split] += rows
+        position["positives"][split] += int(sum(block.labels))
+        if rows:
+            position["dense_blocks"].append(dense.sum(0).tolist())
+            if split == "train":
+                position["train_blocks"].append(_train_block(dense))
         missing = np.array(block.missing, np.int64).reshape(rows, len(self.dense) + len(self.sparse)).sum(0)
-        return Block(block.columns(self._features, self._truncated), missing, dense.sum(0), split, closes_split)
+        columns = block.columns(self._features, position["truncated"])
+        return Block(columns, missing, dense.sum(0), split, closes_split)
+
+    def merged_position(self, positions: Sequence[dict]) -> dict:
+        """Counts summed; the blocks' dense sums listed in part order, to be added in turn."""
+        return {
+            "rows": {s: sum(p["rows"][s] for p in positions) for s in SPLITS},
+            "positives": {s: sum(p["positives"][s] for p in positions) for s in SPLITS},
+            "truncated": {name: sum(p["truncated"][name] for p in positions) for name in self._bags},
+            "unmatched": [sum(p["unmatched"][j] for p in positions) for j in range(len(self._layout.sides))],
+            "duplicates": sum(p["duplicates"] for p in positions),
+            "dense_blocks": [block for p in positions for block in p["dense_blocks"]],
+            "train_blocks": [block for p in positions for block in p["train_blocks"]],
+        }
 
     def check(self, state: ShardState) -> None:
         """Fails on joins missing too often, or on a label with one class."""
-        schema = self._schema
+        schema, position = self._schema, state.source
         looked_up = state.rows + sum(state.bad.values())
         for j, side in enumerate(self._layout.sides):
-            fraction = side.unmatched / max(looked_up, 1)
+            unmatched = position["unmatched"][j]
+            fraction = unmatched / max(looked_up, 1)
             if fraction > side.max_unmatched_fraction:
                 raise CsvFormatError(
-                    f"{side.table.path}: {side.unmatched} of {looked_up} rows ({fraction:.1%}) of {self.description} "
+                    f"{side.table.path}: {unmatched} of {looked_up} rows ({fraction:.1%}) of {self.description} "
                     f"have no match for data.schema.joins[{j}].join_column={schema.joins[j].join_column!r}, more than "
                     f"data.schema.joins[{j}].max_unmatched_fraction={side.max_unmatched_fraction}"
                 )
-        positives, rows = self._positives["train"], self._rows["train"]
+        positives, rows = position["positives"]["train"], position["rows"]["train"]
         if positives in (0, rows):
             rule = schema.label
             raise CsvFormatError(
@@ -767,23 +920,28 @@ class _CsvInput(ShardInput):
             )
 
     def meta(self, state: ShardState) -> dict:
+        position, split = state.source, json.loads(str(self._plan["split"]))
         shared: Dict[str, List[str]] = {}
         for spec in self._schema.sparse:
             if spec.table:
                 shared.setdefault(spec.table, []).append(spec.name)
+        # The common mean adds the parts' totals; these add every block in turn, as one process does.
+        dense_sum = _added_in_turn(position["dense_blocks"], np.zeros(len(self.dense)))
         return {
             "files": [{"name": str(f), "bytes": f.stat().st_size} for f in self._files],
             "bags": self._bags,
             "bag_lengths": self._features.bag_lengths,
             "shared_tables": shared,
-            "dense_transform": self._stats.transform(self._schema),
+            "dense_transform": _dense_transform(self._schema, position["train_blocks"]),
             "dtypes": {"bags": f"int64, padded with {BAG_PAD}"},
-            "splits": {s: {"rows": self._rows[s], "positives": self._positives[s]} for s in SPLITS},
-            "test_rows_deduplicated": self._splitter.duplicates,
-            "timestamp_cutoff": self._splitter.cutoff,
-            "timestamp_ties": self._splitter.ties,
-            "joins": [{"path": str(side.table.path), "unmatched_rows": side.unmatched} for side in self._layout.sides],
-            "stats": {"bags_truncated": self._truncated},
+            "splits": {s: {"rows": position["rows"][s], "positives": position["positives"][s]} for s in SPLITS},
+            "test_rows_deduplicated": position["duplicates"],
+            "timestamp_cutoff": split["cutoff"],
+            "timestamp_ties": split["ties"],
+            "joins": [{"path": str(side.table.path), "unmatched_rows": position["unmatched"][j]}
+                      for j, side in enumerate(self._layout.sides)],
+            "stats": {"dense": {name: {"mean": float(dense_sum[j]) / state.rows} for j, name in enumerate(self.dense)},
+                      "bags_truncated": position["truncated"]},
         }
 
 

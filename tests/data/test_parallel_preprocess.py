@@ -126,6 +126,21 @@ def _spawned_workers(pid: int) -> list:
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+def kill_a_worker_midway(command: list, out: Path, started: str) -> None:
+    """Runs `command`, a job whose spawned workers write into `out`; kills one worker (SIGKILL) once a file
+    matching `started` exists there, and checks that the job then failed without writing meta.json."""
+    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(started)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _spawned_workers(proc.pid)
+    assert workers, "no worker to kill"
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not (out / "meta.json").exists(), "the kill came too late to test"
+    assert "signal" in stderr.lower() or "SIGKILL" in stderr
+
+
 _RUN = "import sys; from ctr.data.preprocess import preprocess; " \
        "preprocess(sys.argv[1], sys.argv[2], shard_rows=1000, chunk_rows=500, part_bytes=1_000_000, " \
        "workers=2, progress_bar=False)"
@@ -134,18 +149,8 @@ _RUN = "import sys; from ctr.data.preprocess import preprocess; " \
 def test_a_killed_worker_fails_the_run_which_resumes_per_part_with_other_worker_counts(tmp_path):
     path = write_criteo(tmp_path / "train.txt", criteo_lines(40_000, seed=4))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", _RUN, str(path), str(out)], cwd=REPO, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 120
     # A part's shard 1 exists only once its shard 0 is recorded (the progress record comes before any shard).
-    while not list(out.glob(f"{PARTS_DIR}/*/00001.label.npy")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    workers = _spawned_workers(proc.pid)
-    assert workers, "no worker to kill"
-    os.kill(workers[0], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and not (out / "meta.json").exists(), "the kill came too late to test"
-    assert "signal" in stderr.lower() or "SIGKILL" in stderr
+    kill_a_worker_midway([sys.executable, "-c", _RUN, str(path), str(out)], out, f"{PARTS_DIR}/*/00001.label.npy")
 
     settings = {"shard_rows": 1000, "chunk_rows": 500, "part_bytes": 1_000_000, "progress_bar": False}
     resumed = preprocess(str(path), str(out), workers=3, **settings)

@@ -1,6 +1,6 @@
 """The shard writer: a source that supplies only blocks of rows and its own statistics gets
 shards per split, the common meta.json merged with its own keys, and a finished directory
-left alone."""
+left alone (written by `write_parts`, one part here)."""
 
 import json
 from pathlib import Path
@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctr.data.shard_writer import PROGRESS_FILE, BadRowPolicy, Block, ShardInput, input_fingerprint, write_shards
+from ctr.data.parallel_preprocess import PartedInput, write_parts
+from ctr.data.shard_writer import PARTS_DIR, PARTS_FINGERPRINT, PROGRESS_FILE, BadRowPolicy, Block, input_fingerprint
 from ctr.data.shards import ShardSource
+
+_PART = Path(PARTS_DIR) / "00000"
 
 
 def _block(split: str, first: int, stop: int, closes_split: bool = False) -> Block:
@@ -19,8 +22,8 @@ def _block(split: str, first: int, stop: int, closes_split: bool = False) -> Blo
                  split=split, closes_split=closes_split)
 
 
-class _Toy(ShardInput):
-    """Seven rows of one file: train rows 0..2, test rows 3..6."""
+class _Toy(PartedInput):
+    """Seven rows of one file, in one part: train rows 0..2, test rows 3..6."""
 
     name = "toy"
     splits = ("train", "test")
@@ -38,10 +41,28 @@ class _Toy(ShardInput):
     def meta(self, state) -> dict:
         return {"stats": {"dense": {"x": {"max": 9.0}}}, "toy_rows": state.rows}
 
+    def parts(self):
+        return [0]
+
+    def for_part(self, index: int) -> "_Toy":
+        return self
+
+    def merged_position(self, positions) -> dict:
+        return {}
+
+
+def _unfinished(out: Path, toy: _Toy, scalars: dict) -> Path:
+    """A run's directory left with `scalars` as its one part's progress record; returns the part's directory."""
+    fingerprint = input_fingerprint(toy.inputs, toy.settings)
+    (out / _PART).mkdir(parents=True)
+    (out / PARTS_DIR / PARTS_FINGERPRINT).write_text(fingerprint)
+    np.savez(out / _PART / PROGRESS_FILE, fingerprint=fingerprint, scalars=json.dumps(scalars))
+    return out / _PART
+
 
 def test_a_source_of_blocks_gets_shards_per_split_and_the_common_meta(tmp_path):
     (tmp_path / "rows.txt").write_text("seven rows\n")
-    meta = write_shards(lambda *settings: _Toy(tmp_path / "rows.txt", *settings), str(tmp_path / "out"), shard_rows=4,
+    meta = write_parts(lambda *settings: _Toy(tmp_path / "rows.txt", *settings), str(tmp_path / "out"), shard_rows=4,
                         progress_bar=False)
     # The train rest is written when its closing block arrives, before test's closing block fills a shard.
     assert [(s["split"], s["rows"]) for s in meta["shards"]] == [("train", 3), ("test", 4)]
@@ -52,7 +73,7 @@ def test_a_source_of_blocks_gets_shards_per_split_and_the_common_meta(tmp_path):
     assert source.rows("train", 0, 3).dense[:, 0].tolist() == [0, 1, 2]
     assert source.rows("test", 0, 4).dense[:, 0].tolist() == [3, 4, 5, 6]
     # The same input again: the stored meta (its last_run included) comes back, nothing is rewritten.
-    again = write_shards(lambda *settings: _Toy(tmp_path / "rows.txt", *settings), str(tmp_path / "out"),
+    again = write_parts(lambda *settings: _Toy(tmp_path / "rows.txt", *settings), str(tmp_path / "out"),
                          shard_rows=4, progress_bar=False)
     assert again == meta
 
@@ -60,7 +81,7 @@ def test_a_source_of_blocks_gets_shards_per_split_and_the_common_meta(tmp_path):
 @pytest.mark.parametrize("settings,problem", [({"on_bad_row": "drop"}, "drop"), ({"shard_rows": 0}, "shard_rows=0")])
 def test_the_pass_settings_are_checked_before_the_source_opens(tmp_path, settings, problem):
     with pytest.raises(ValueError, match=problem):
-        write_shards(lambda *_: pytest.fail("the source was opened"), str(tmp_path / "out"), **settings)
+        write_parts(lambda *_: pytest.fail("the source was opened"), str(tmp_path / "out"), **settings)
 
 
 class _ResumableToy(_Toy):
@@ -71,14 +92,12 @@ def test_progress_saved_in_another_layout_is_refused_not_misread(tmp_path):
     """An older ctr saved its Criteo position as top-level scalars; resuming from it would re-read the input."""
     path, out = tmp_path / "rows.txt", tmp_path / "out"
     path.write_text("seven rows\n")
-    out.mkdir()
-    toy = _ResumableToy(path, BadRowPolicy.error, 4, 4)
     old = {"file_index": 1, "offset": 0, "line": 1, "rows": 3, "shards": [], "bad": {}, "examples": [],
            "positives": 1, "missing": [0, 0], "negative": [0], "raw_max": [0], "dense_sum": [3.0]}
-    np.savez(out / PROGRESS_FILE, fingerprint=input_fingerprint(toy.inputs, toy.settings), scalars=json.dumps(old))
+    _unfinished(out, _ResumableToy(path, BadRowPolicy.error, 4, 4), old)
     with pytest.raises(FileExistsError, match="another version of ctr; pass overwrite=true"):
-        write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, progress_bar=False)
-    meta = write_shards(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, overwrite=True,
+        write_parts(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    meta = write_parts(lambda *settings: _ResumableToy(path, *settings), str(out), shard_rows=4, overwrite=True,
                         progress_bar=False)
     assert meta["num_rows"] == 7
 
@@ -87,12 +106,12 @@ def test_overwrite_removes_only_the_files_the_previous_run_listed(tmp_path):
     """overwrite=true once deleted every *.npy and *.tmp in the output, whoever wrote them."""
     path, out = tmp_path / "rows.txt", tmp_path / "out"
     path.write_text("seven rows\n")
-    write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+    write_parts(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
     theirs = [out / "embeddings.npy", out / "notes.tmp", out / "00009.label.npy", out / "00000.other.npy"]
     for file in theirs:
         file.write_bytes(b"not ctr's")
     with pytest.raises(FileExistsError, match="not empty and holds no shards of ctr's .*00000.other.npy"):
-        write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+        write_parts(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
                      progress_bar=False)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in theirs)
     assert all(file.read_bytes() == b"not ctr's" for file in theirs)
@@ -106,18 +125,18 @@ def test_overwrite_after_an_interrupted_first_shard_removes_its_files(tmp_path):
     class _Interrupted(_ResumableToy):
         def files(self, state, room):
             for name in self.columns[:2]:
-                (out / f"00000.{name}.npy").write_bytes(b"half a shard")
-            (out / f"00000.{self.columns[2]}.npy.tmp").write_bytes(b"half a column")
+                (out / _PART / f"00000.{name}.npy").write_bytes(b"half a shard")
+            (out / _PART / f"00000.{self.columns[2]}.npy.tmp").write_bytes(b"half a column")
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_shards(lambda *settings: _Interrupted(path, *settings), str(out), shard_rows=4, progress_bar=False)
+        write_parts(lambda *settings: _Interrupted(path, *settings), str(out), shard_rows=4, progress_bar=False)
     (out / "mine.txt").write_text("kept")
     with pytest.raises(FileExistsError, match="holds no shards of ctr's \\(it holds mine.txt\\)"):
-        write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+        write_parts(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
                      progress_bar=False)
     (out / "mine.txt").unlink()
-    assert write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
+    assert write_parts(lambda *settings: _Toy(path, *settings), str(out), shard_rows=2, overwrite=True,
                         progress_bar=False)["num_rows"] == 7
 
 
@@ -126,16 +145,15 @@ def test_a_source_that_starts_over_removes_the_unfinished_runs_shards(tmp_path):
     path, out = tmp_path / "rows.txt", tmp_path / "out"
     path.write_text("seven rows\n")
     toy = _Toy(path, BadRowPolicy.error, 4, 4)
-    out.mkdir()
     listed = [{"index": i, "rows": 4, "file": "rows.txt", "day": None, "sha256": {c: "" for c in toy.columns}}
               for i in range(4)]
     old = {"source": {}, "rows": 16, "shards": listed, "bad": {}, "examples": [], "positives": 8,
            "missing": [0, 0], "dense_sum": [0.0]}
-    np.savez(out / PROGRESS_FILE, fingerprint=input_fingerprint(toy.inputs, toy.settings), scalars=json.dumps(old))
+    part = _unfinished(out, toy, old)
     for shard in listed:
         for column in toy.columns:
-            (out / f"{shard['index']:05d}.{column}.npy").write_bytes(b"old")
-    meta = write_shards(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
+            (part / f"{shard['index']:05d}.{column}.npy").write_bytes(b"old")
+    meta = write_parts(lambda *settings: _Toy(path, *settings), str(out), shard_rows=4, progress_bar=False)
     assert len(meta["shards"]) == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["meta.json"] + [f"0000{i}.{c}.npy" for i in range(2) for c in toy.columns])
