@@ -89,7 +89,7 @@ def _write_directory(path: Path, keys: np.ndarray, vectors: np.ndarray, kind: st
     path.mkdir()
     np.save(path / "vectors.npy", vectors.astype(np.float32))
     np.save(path / "keys.npy", keys.astype(np.int64))
-    meta = {"table": "t_movie", "dim": vectors.shape[1], "rows": len(vectors), "keys": kind, "hashing": "modulo",
+    meta = {"table": "movie", "dim": vectors.shape[1], "rows": len(vectors), "keys": kind, "hashing": "modulo",
             "source_run": "elsewhere"}
     (path / "meta.json").write_text(json.dumps(meta))
     return path
