@@ -29,6 +29,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from throughput import machine  # this directory's
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ctr.features.tables import named_tables  # noqa: E402
 # Validation every this many steps: about 8 times per epoch at the data configs' batch 256
 # (SparrowRecSys 39,689 training rows, 156 steps; MovieLens-100k temporal 72,000 rows, 282 steps).
 EVAL_EVERY_STEPS = {"sparrowrecsys": 20, "movielens100k_temporal": 35}
@@ -70,9 +73,10 @@ def steps_to_reach(history: List[List[float]], target: float) -> Optional[int]:
 
 
 def pretrained_tables(fm_run: Path) -> List[str]:
-    """The FM run's embedding tables (its plan), without its first-order (`wide_`) tables."""
+    """The FM run's embedding tables (its plan) by the names `embedding.init` takes, without its
+    first-order (`wide_`) tables."""
     plan = json.loads((fm_run / "plan.json").read_text())
-    return [row["table"] for row in plan["tables"] if not row["table"].startswith("wide_")]
+    return list(named_tables(row["table"] for row in plan["tables"]))
 
 
 def one_seed(runs: Path, dataset: str, seed: int, epochs: int, fm_epochs: int) -> dict:

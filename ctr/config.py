@@ -467,7 +467,7 @@ class TableInitConfig:
     """One entry of `embedding.init`: where a table's starting rows come from, one of
     `checkpoint` (another ctr run's directory or one of its checkpoint directories; the
     table `table` of it, default the same name, same shape) or `vectors` (a vectors
-    directory or a word2vec text file keyed by the data's raw ids, `ctr.features.vectors`)."""
+    directory or a word2vec text file keyed by the data's raw ids, `ctr.features.vector_files`)."""
 
     checkpoint: Optional[str] = None
     table: Optional[str] = None
@@ -479,7 +479,8 @@ class EmbeddingConfig:
     """`configs/embedding/*.yaml`: hashing (`embedding.hashing=modulo|qr|vocab`, also spelt
     `embedding/hashing=...`), table rows, vector width (global, rule, per feature), storage
     precision (fp32, fp16), how a bag's ids are pooled (sum, mean; global or per feature,
-    a shared table under its name), and per table (by its name, `t_<feature>`): pre-trained
+    a shared table under its name), and per table (by that name too, as the vector export
+takes it; `ctr.features.tables.named_tables`): pre-trained
     starting rows (`init`, `ctr.train.table_init`) and how often it is updated (`update`,
     `ctr.parallel.table_updates`)."""
 
@@ -493,7 +494,7 @@ class EmbeddingConfig:
     pooling: Pooling = Pooling.sum
     pooling_per_feature: Dict[str, Pooling] = field(default_factory=dict)
     # per table: pre-trained rows; untyped, like `sharding.tables`, so that
-    # `+embedding.init.t_movie={checkpoint: <run dir>}` works; entries are checked against TableInitConfig
+    # `+embedding.init.movie={checkpoint: <run dir>}` works; entries are checked against TableInitConfig
     init: Dict[str, Any] = field(default_factory=dict)
     # per table: frozen or every_k_steps; code reads it as embedding["update"] (`.update` is DictConfig's method)
     update: Dict[str, TableUpdate] = field(default_factory=dict)

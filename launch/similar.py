@@ -25,7 +25,7 @@ def neighbours(cfg: DictConfig) -> list:
         raise ValueError("give one of key=<value> and keys_file=<file of values, one a line>")
     exported = read_vectors(Path(cfg.vectors))
     meta = exported.meta
-    namespace = (cfg.namespace or meta["table"]) if cfg.hashed else None
+    namespace = (cfg.namespace or meta.get("table")) if cfg.hashed else None
     keys = KeyIndex(exported.keys, meta["keys"], namespace, str(cfg.vectors))
     if cfg.names.path:
         names = cfg.names

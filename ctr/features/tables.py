@@ -1,6 +1,6 @@
 """The embedding tables a data set's sparse features need, as TorchRec configs."""
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 
@@ -29,6 +29,29 @@ def per_table_setting(
 
 def table_name(feature: str) -> str:
     return f"t_{feature}"
+
+
+def named_tables(tables: Iterable[str]) -> Dict[str, str]:
+    """The name a user gives each of a model's TorchRec `tables` → the table. A table is named as
+    `embedding.*_per_feature` and the vector export name it: by its feature or shared table
+    (`movie` for `t_movie`; `item@q` for a part under qr hashing). Tables of no feature
+    (a wide part's first-order `wide_*`) have no such name.
+
+    >>> named_tables(["t_movie", "wide_t_movie"])
+    {'movie': 't_movie'}
+    """
+    prefix = table_name("")
+    return {table[len(prefix):]: table for table in tables if table.startswith(prefix)}
+
+
+def tables_by_name(tables: Iterable[str], names: Iterable[str], setting: str) -> Dict[str, str]:
+    """Each of `names` (`named_tables`) → its TorchRec table among `tables`; an unknown name is
+    an error naming `setting` and the known names."""
+    known = named_tables(tables)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise KeyError(f"{setting} names {unknown}, which are not tables of the model; its tables: {sorted(known)}")
+    return {name: known[name] for name in names}
 
 
 def round4(x: float) -> int:

@@ -27,22 +27,22 @@ from typing import Any, Collection, Dict, Mapping
 from torchrec.optim.keyed import KeyedOptimizer, OptimizerWrapper
 
 from ctr.config import TableUpdate
+from ctr.features.tables import tables_by_name
 
 # The config key, read by item: `cfg.embedding.update` is DictConfig's own `update` method.
 UPDATE_KEY = "update"
 
 
 def table_updates(updates: Mapping[str, Any], every_k: int, tables: Collection[str]) -> Dict[str, TableUpdate]:
-    """`embedding.update`, checked against the model's tables (and `embedding.update_every_k`
-    where a table is every_k_steps)."""
-    unknown = sorted(set(updates) - set(tables))
-    if unknown:
-        raise KeyError(f"embedding.update names {unknown}, which are not tables of the model; tables: {sorted(tables)}")
+    """`embedding.update`, its tables named as `ctr.features.tables.tables_by_name` says, checked
+    against the model's `tables` (and `embedding.update_every_k` where a table is every_k_steps);
+    keyed by the model's table names."""
+    named = tables_by_name(tables, list(updates), "embedding.update")
     parsed = {}
-    for table, mode in updates.items():
+    for name, mode in updates.items():
         if mode not in list(TableUpdate):
-            raise ValueError(f"embedding.update.{table}={mode!r}: expected one of {[str(m) for m in TableUpdate]}")
-        parsed[table] = TableUpdate(mode)
+            raise ValueError(f"embedding.update.{name}={mode!r}: expected one of {[str(m) for m in TableUpdate]}")
+        parsed[named[name]] = TableUpdate(mode)
     if TableUpdate.every_k_steps in parsed.values() and (isinstance(every_k, bool) or not isinstance(every_k, int) or every_k < 1):
         raise ValueError(f"embedding.update_every_k={every_k!r}: expected a positive number of steps")
     return parsed

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ctr.build import build_trainable
 from ctr.features.hashing import FeatureHashing
+from ctr.features.tables import tables_by_name
 from ctr.features.vector_files import write_vectors
 from ctr.parallel.process_group import DistributedEnv, in_process_group
 from ctr.parallel.state import full_state_dict
@@ -31,22 +32,18 @@ from ctr.train.export import checkpoint_path, load_stored_config
 log = logging.getLogger(__name__)
 
 VECTORS_DIR = "vectors"  # <run_dir>/vectors/<table>/ when `output` is not given
-_WEIGHT = ".embedding_bags.{}.weight"
 
 
 def table_weights(state_keys: List[str], tables: List[str]) -> Dict[str, str]:
-    """The state-dict entry of each named table (a feature or shared table of the data, or a
-    part such as `item@q` under qr hashing); an unknown name is an error listing the known ones.
+    """The state-dict entry of each named table (`ctr.features.tables.tables_by_name`: a feature
+    or shared table of the data, or a part such as `item@q` under qr hashing).
 
     >>> table_weights(["model.embeddings.collection.embedding_bags.t_movie.weight"], ["movie"])
     {'movie': 'model.embeddings.collection.embedding_bags.t_movie.weight'}
     """
-    known = {key.split(".embedding_bags.t_", 1)[1].removesuffix(".weight"): key
-             for key in state_keys if ".embedding_bags.t_" in key and key.endswith(".weight")}
-    unknown = [name for name in tables if name not in known]
-    if unknown:
-        raise KeyError(f"tables={unknown}: the run has no such table; its tables are {sorted(known)}")
-    return {name: known[name] for name in tables}
+    weights = {key.split(".embedding_bags.", 1)[1].removesuffix(".weight"): key
+               for key in state_keys if ".embedding_bags." in key and key.endswith(".weight")}
+    return {name: weights[table] for name, table in tables_by_name(weights, tables, "tables").items()}
 
 
 def hashing_name(cfg: DictConfig) -> str:

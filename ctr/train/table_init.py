@@ -1,4 +1,5 @@
-"""Tables that start from pre-trained rows: `embedding.init.<table>={checkpoint: ...}` or `{vectors: ...}`.
+"""Tables that start from pre-trained rows: `embedding.init.<table>={checkpoint: ...}` or `{vectors: ...}`,
+a table named by its feature or shared table (`movie` for `t_movie`), as the vector export names it.
 
 - `checkpoint`: a table of another ctr run, by name (`table`, default the same) and of the
   same shape, read with torch.distributed.checkpoint straight into this run's shards, so
@@ -6,7 +7,7 @@
   verified against its recorded digests and read through `ctr.train.safe_dcp` (nothing in
   it can run code). A run directory stands for its best checkpoint, else its latest.
 - `vectors`: a vectors directory or a word2vec text file keyed by raw ids
-  (`ctr.features.vectors`), placed through the table's own hashing; rows the file does not
+  (`ctr.features.vector_files`), placed through the table's own hashing; rows the file does not
   cover keep their random initialisation.
 
 Applied once the model is sharded and before training (a resumed run then loads its own
@@ -16,18 +17,18 @@ the file and the table. The run records how many rows each table took (`initiali
 
 import logging
 from pathlib import Path
-from typing import Dict, Mapping, Union
+from typing import Dict, Iterable, Mapping, Union
 
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.distributed._shard.sharded_tensor import ShardedTensor
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from ctr.build import Trainable
 from ctr.config import TableInitConfig
-from ctr.features.vectors import place, read_vectors
+from ctr.features.tables import named_tables, table_name, tables_by_name
+from ctr.features.vector_files import place, read_vectors
 from ctr.parallel.process_group import DistributedEnv
 from ctr.parallel.state import write_rows
 from ctr.train.checkpoint import BEST, CheckpointError, is_complete, latest, verify_share
@@ -38,14 +39,13 @@ log = logging.getLogger(__name__)
 Table = Union[torch.Tensor, ShardedTensor]
 
 
-def init_settings(init: Mapping, tables: Mapping[str, EmbeddingBagConfig]) -> Dict[str, TableInitConfig]:
-    """`embedding.init`, checked: known tables, known keys, one source per table."""
-    unknown = sorted(set(init) - set(tables))
-    if unknown:
-        raise KeyError(f"embedding.init names {unknown}, which are not tables of the model; tables: {sorted(tables)}")
+def init_settings(init: Mapping, tables: Iterable[str]) -> Dict[str, TableInitConfig]:
+    """`embedding.init`, checked: known tables (named as `ctr.features.tables.tables_by_name`
+    says), known keys, one source per table. Keyed by the names as given."""
+    tables_by_name(tables, list(init), "embedding.init")
     parsed = {}
-    for table, entry in init.items():
-        key = f"embedding.init.{table}"
+    for name, entry in init.items():
+        key = f"embedding.init.{name}"
         try:
             setting = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TableInitConfig), entry))
         except OmegaConfBaseException as error:
@@ -55,7 +55,7 @@ def init_settings(init: Mapping, tables: Mapping[str, EmbeddingBagConfig]) -> Di
             raise ValueError(f"{key}: set exactly one of checkpoint and vectors")
         if setting.table is not None and setting.checkpoint is None:
             raise ValueError(f"{key}.table names a checkpoint's table; it goes with {key}.checkpoint")
-        parsed[table] = setting
+        parsed[name] = setting
     return parsed
 
 
@@ -66,18 +66,18 @@ def initialise_tables(cfg, built: Trainable, env: DistributedEnv) -> Dict[str, i
     state = built.model.state_dict()
     initialised = {}
     for name, setting in settings.items():
-        target = state[_weight_key(state, name)]
+        config = tables[table_name(name)]
+        target = state[_weight_key(state, config.name)]
         if setting.checkpoint is not None:
             initialised[name] = _from_checkpoint(Path(setting.checkpoint), setting.table or name, name, target, env)
         else:
-            config = tables[name]
             vectors = read_vectors(Path(setting.vectors), name)
             rows, values = place(vectors, name, config.feature_names[0], config.num_embeddings, config.embedding_dim,
                                  built.hashing)
             write_rows(target, rows, values)
             initialised[name] = len(rows)
         if env.is_main:
-            log.info("table %s: %d of %d rows from %s", name, initialised[name], tables[name].num_embeddings,
+            log.info("table %s: %d of %d rows from %s", name, initialised[name], config.num_embeddings,
                      setting.checkpoint or setting.vectors)
     return initialised
 
@@ -109,15 +109,16 @@ def _from_checkpoint(path: Path, source_table: str, table: str, target: Table, e
     if refused.item():
         raise CheckpointError(f"embedding.init.{table}.checkpoint: {problem or f'{checkpoint}: refused by another rank'}")
     entries = SafeFileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata
-    weights = {key: entry for key, entry in entries.items() if key.startswith("model.") and key.endswith(".weight")
+    weights = {key.split(".")[-2]: key for key in entries if key.startswith("model.") and key.endswith(".weight")
                and ".embedding_bags." in key}
-    found = [key for key in weights if key.endswith(f".embedding_bags.{source_table}.weight")]
-    if len(found) != 1:
-        names = sorted(key.split(".")[-2] for key in weights)
-        raise KeyError(f"embedding.init.{table}: checkpoint {checkpoint} has no table {source_table!r}; its tables: {names}")
-    shape, wanted = tuple(weights[found[0]].size), tuple(target.size())
+    named = named_tables(weights)
+    if source_table not in named:
+        raise KeyError(f"embedding.init.{table}: checkpoint {checkpoint} has no table {source_table!r}; "
+                       f"its tables: {sorted(named)}")
+    found = weights[named[source_table]]
+    shape, wanted = tuple(entries[found].size), tuple(target.size())
     if shape != wanted:
         raise ValueError(f"embedding.init.{table}: table {source_table!r} of checkpoint {checkpoint} is "
                          f"{shape[0]} × {shape[1]}, table {table} is {wanted[0]} × {wanted[1]} (rows × dim)")
-    load_state({found[0]: target}, checkpoint)
+    load_state({found: target}, checkpoint)
     return wanted[0]

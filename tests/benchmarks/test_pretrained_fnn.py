@@ -1,11 +1,12 @@
 """benchmarks/pretrained_fnn.py: the steps to reach a target validation AUC, and its table of means."""
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from pretrained_fnn import steps_to_reach, table  # noqa: E402
+from pretrained_fnn import pretrained_tables, steps_to_reach, table  # noqa: E402
 
 
 def test_steps_to_reach_is_the_first_validation_at_or_above_the_target():
@@ -27,3 +28,9 @@ def test_the_table_gives_means_over_seeds_and_counts_runs_that_never_reach_the_t
     assert rows[3] == "| movielens | Deep Crossing, random | 0.7600 ± 0.0100 | 0.7700 ± 0.0100 | 80 ± 0 | 100 ± 0 |"
     assert "| 60 ± 0 (1 never) |" in rows[4]
     assert "| never |" in rows[5]
+
+
+def test_the_fm_runs_tables_are_named_as_embedding_init_takes_them_without_the_first_order_ones(tmp_path):
+    plan = {"tables": [{"table": "t_movie"}, {"table": "wide_t_movie"}, {"table": "t_genre"}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert pretrained_tables(tmp_path) == ["movie", "genre"]

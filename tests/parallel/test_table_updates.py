@@ -52,8 +52,8 @@ def _plan(out: dict) -> Dict[str, tuple]:
 
 @pytest.mark.parametrize("world_size,sharding", [(1, "table_wise"), (2, "table_wise"), (2, "data_parallel")])
 def test_a_frozen_table_is_bitwise_unchanged_and_the_others_train(tmp_path, world_size, sharding):
-    out = _run(tmp_path, world_size, f"sharding={sharding}", "+embedding.update.t_cat_0=frozen",
-               "+embedding.update.t_cat_3=frozen")
+    out = _run(tmp_path, world_size, f"sharding={sharding}", "+embedding.update.cat_0=frozen",
+               "+embedding.update.cat_3=frozen")
     first, last = out["snapshots"][0], out["snapshots"][-1]
     assert len(out["snapshots"]) == STEPS + 1
     assert _plan(out)["t_cat_0"][0] == sharding  # frozen keeps the planned sharding
@@ -65,7 +65,7 @@ def test_a_frozen_table_is_bitwise_unchanged_and_the_others_train(tmp_path, worl
 
 def test_an_every_k_steps_table_changes_only_at_multiples_of_k(tmp_path):
     k = 3
-    out = _run(tmp_path, 2, "+embedding.update.t_cat_1=every_k_steps", f"embedding.update_every_k={k}")
+    out = _run(tmp_path, 2, "+embedding.update.cat_1=every_k_steps", f"embedding.update_every_k={k}")
     assert _plan(out)["t_cat_1"] == ("data_parallel", "dense")
     assert _plan(out)["t_cat_2"] == ("table_wise", "fused")
     every_k, every_step = WEIGHT.format("t_cat_1"), WEIGHT.format("t_cat_2")
@@ -76,9 +76,9 @@ def test_an_every_k_steps_table_changes_only_at_multiples_of_k(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["+embedding.update.t_nope=frozen"], r"embedding.update names \['t_nope'\]"),
-    (["+embedding.update.t_cat_0=every_k_steps", "embedding.update_every_k=0"], "embedding.update_every_k=0"),
-    (["+embedding.update.t_cat_0=every_k_steps", "+sharding.tables.t_cat_0.sharding_type=column_wise"],
+    (["+embedding.update.nope=frozen"], r"embedding.update names \['nope'\], which are not tables of the model; its tables: \['cat_0'"),
+    (["+embedding.update.cat_0=every_k_steps", "embedding.update_every_k=0"], "embedding.update_every_k=0"),
+    (["+embedding.update.cat_0=every_k_steps", "+sharding.tables.t_cat_0.sharding_type=column_wise"],
      "sharding.tables.t_cat_0.sharding_type='column_wise', but embedding.update"),
 ])
 def test_bad_update_settings_stop_at_start_up_naming_the_key(overrides, message):
@@ -90,4 +90,4 @@ def test_bad_update_settings_stop_at_start_up_naming_the_key(overrides, message)
 
 def test_a_misspelt_update_mode_fails_when_the_config_is_composed():
     with pytest.raises(Exception, match="frozn"):
-        compose(*TINY, "+embedding.update.t_cat_0=frozn")
+        compose(*TINY, "+embedding.update.cat_0=frozn")

@@ -1,12 +1,14 @@
 """Vectors exported from 2-rank runs, gathered from every kind of shard, equal the tables the
 checkpoint holds (read whole in one process, an independent path through DCP)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ctr.data.tabular import hash_ids
 from ctr.features.vector_files import read_vectors, write_vectors
@@ -41,12 +43,18 @@ def mixed_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def item2vec_run(tmp_path_factory) -> Path:
+def item2vec_overrides(tmp_path_factory) -> list:
+    """A small Item2Vec run on a behaviour log, 2 ranks."""
     log_dir = write_log(tmp_path_factory.mktemp("log"))
+    return [*ON_CPU, *behaviour_overrides(log_dir), "model=item2vec", "embedding.hashing=vocab",
+            "embedding.hashing.min_count=1", "embedding.dim=8", "trainer.batch_size=64", "trainer.progress_bar=false",
+            "distributed.nproc_per_node=2"]
+
+
+@pytest.fixture(scope="module")
+def item2vec_run(tmp_path_factory, item2vec_overrides) -> Path:
     run_dir = tmp_path_factory.mktemp("item2vec") / "run"
-    _run("launch/train.py", *ON_CPU, *behaviour_overrides(log_dir), "model=item2vec", "embedding.hashing=vocab",
-         "embedding.hashing.min_count=1", "embedding.dim=8", "trainer.batch_size=64", "trainer.progress_bar=false",
-         "distributed.nproc_per_node=2", f"hydra.run.dir={run_dir}")
+    _run("launch/train.py", *item2vec_overrides, f"hydra.run.dir={run_dir}")
     return run_dir
 
 
@@ -80,9 +88,23 @@ def test_item2vec_vectors_are_keyed_by_the_raw_ids_vocab_hashing_kept(item2vec_r
 
 
 def test_unknown_tables_and_foreign_directories_are_refused(item2vec_run, tmp_path):
-    with pytest.raises(KeyError, match=r"tables=\['movie'\].*\['item_id', 'item_id_context'\]"):
+    with pytest.raises(KeyError, match=r"tables names \['movie'\].*\['item_id', 'item_id_context'\]"):
         table_weights(list(load_trained(item2vec_run).task.state_dict()), ["movie"])
     (tmp_path / "mine.txt").write_text("not an export's")
     with pytest.raises(ValueError, match="holds files other than"):
         write_vectors(tmp_path, np.zeros((2, 4), np.float32), np.arange(2), "t", "row", "modulo", "run")
     assert (tmp_path / "mine.txt").exists()
+
+
+def test_exported_vectors_start_a_fresh_run_by_the_same_table_name(item2vec_run, item2vec_overrides, tmp_path):
+    """Export → `embedding.init.<table>.vectors` in a fresh run, the table frozen → its rows are the exported ones."""
+    _run("launch/export_embeddings.py", f"run_dir={item2vec_run}", "tables=[item_id]", f"output={tmp_path}")
+    exported = read_vectors(tmp_path / "item_id")
+    fresh = tmp_path / "fresh"
+    _run("launch/train.py", *item2vec_overrides, "distributed.seed=7", "distributed.nproc_per_node=1",
+         f"+embedding.init.item_id={{vectors: {tmp_path / 'item_id'}}}", "+embedding.update.item_id=frozen",
+         f"hydra.run.dir={fresh}")
+    trained = load_trained(fresh)
+    rows = trained.hashing.rows_of("item_id", torch.from_numpy(exported.keys)).numpy()
+    assert np.array_equal(_table(trained, "item_id")[rows], exported.vectors)
+    assert json.loads((fresh / "metrics.json").read_text())["initialised_rows"] == {"item_id": len(exported.keys)}

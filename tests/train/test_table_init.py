@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from ctr.build import build_task
 from ctr.features.hashing import ModuloHashing
-from ctr.features.vectors import VectorsFileError, place, read_vectors
+from ctr.features.vector_files import VectorsFileError, place, read_vectors
 from ctr.parallel.state import full_state_dict
 from ctr.train.checkpoint import BEST
 from ctr.train.run import run
@@ -72,9 +72,9 @@ def test_tables_start_from_another_runs_checkpoint_resharded_on_two_ranks(tmp_pa
     out = _target(
         tmp_path, 2, "sharding=column_wise", "sharding.min_partition=4",
         "+sharding.tables.t_cat_3.sharding_type=data_parallel",
-        f"+embedding.init.t_cat_0={{checkpoint: {source_run}}}",
-        f"+embedding.init.t_cat_3={{checkpoint: {source_run / 'checkpoints' / BEST}}}",
-        f"+embedding.init.t_cat_2={{checkpoint: {source_run}, table: t_cat_1}}",
+        f"+embedding.init.cat_0={{checkpoint: {source_run}}}",
+        f"+embedding.init.cat_3={{checkpoint: {source_run / 'checkpoints' / BEST}}}",
+        f"+embedding.init.cat_2={{checkpoint: {source_run}, table: cat_1}}",
     )
     assert _types(out)["t_cat_0"] == "column_wise" and _types(out)["t_cat_3"] == "data_parallel"
     source = _checkpoint_tables(source_run)
@@ -82,14 +82,14 @@ def test_tables_start_from_another_runs_checkpoint_resharded_on_two_ranks(tmp_pa
         assert torch.equal(out["after"][WEIGHT.format(table)], source[WEIGHT.format(source_table)]), table
         assert not torch.equal(out["before"][WEIGHT.format(table)], out["after"][WEIGHT.format(table)])
     assert torch.equal(out["before"][WEIGHT.format("t_cat_1")], out["after"][WEIGHT.format("t_cat_1")])
-    assert out["rows"] == {"t_cat_0": ROWS, "t_cat_3": ROWS, "t_cat_2": ROWS}
+    assert out["rows"] == {"cat_0": ROWS, "cat_3": ROWS, "cat_2": ROWS}
 
 
 def _write_directory(path: Path, keys: np.ndarray, vectors: np.ndarray, kind: str = "raw") -> Path:
     path.mkdir()
     np.save(path / "vectors.npy", vectors.astype(np.float32))
     np.save(path / "keys.npy", keys.astype(np.int64))
-    meta = {"table": "t_movie", "dim": vectors.shape[1], "rows": len(vectors), "keys": kind, "hashing": "modulo",
+    meta = {"table": "movie", "dim": vectors.shape[1], "rows": len(vectors), "keys": kind, "hashing": "modulo",
             "source_run": "elsewhere"}
     (path / "meta.json").write_text(json.dumps(meta))
     return path
@@ -120,40 +120,40 @@ def test_tables_start_from_vectors_files_through_their_hashing_on_two_ranks(tmp_
     out = _target(
         tmp_path, 2, "sharding=column_wise", "sharding.min_partition=4",
         "+sharding.tables.t_cat_1.sharding_type=data_parallel",
-        f"+embedding.init.t_cat_0={{vectors: {directory}}}", f"+embedding.init.t_cat_1={{vectors: {text}}}",
-        f"+embedding.init.t_cat_2={{vectors: {by_row}}}",
+        f"+embedding.init.cat_0={{vectors: {directory}}}", f"+embedding.init.cat_1={{vectors: {text}}}",
+        f"+embedding.init.cat_2={{vectors: {by_row}}}",
     )
     assert _types(out)["t_cat_0"] == "column_wise" and _types(out)["t_cat_1"] == "data_parallel"
     expected = _expected_rows(keys, vectors)
-    for table in ("t_cat_0", "t_cat_1"):
-        before, after = out["before"][WEIGHT.format(table)], out["after"][WEIGHT.format(table)]
+    for table in ("cat_0", "cat_1"):
+        before, after = out["before"][WEIGHT.format(f"t_{table}")], out["after"][WEIGHT.format(f"t_{table}")]
         for row in range(ROWS):
             torch.testing.assert_close(after[row], expected.get(row, before[row]), rtol=0, atol=1e-6)
         assert out["rows"][table] == len(expected)
     after = out["after"][WEIGHT.format("t_cat_2")]
     torch.testing.assert_close(after[[0, 7, 199]], torch.tensor(vectors[:3], dtype=torch.float32))
-    assert out["rows"]["t_cat_2"] == 3
+    assert out["rows"]["cat_2"] == 3
 
 
 def test_a_shape_mismatch_with_the_checkpoint_stops_naming_both_tables(tmp_path, source_run):
-    with pytest.raises(Exception, match=r"table 't_cat_0' of checkpoint .* is 200 × 8, table t_cat_0 is 200 × 16"):
-        _target(tmp_path, 1, "embedding.dim=16", f"+embedding.init.t_cat_0={{checkpoint: {source_run}}}")
+    with pytest.raises(Exception, match=r"table 'cat_0' of checkpoint .* is 200 × 8, table cat_0 is 200 × 16"):
+        _target(tmp_path, 1, "embedding.dim=16", f"+embedding.init.cat_0={{checkpoint: {source_run}}}")
 
 
 def test_a_table_the_checkpoint_lacks_stops_naming_it(tmp_path, source_run):
-    with pytest.raises(Exception, match=r"embedding.init.t_cat_0: checkpoint .* has no table 't_movie'"):
-        _target(tmp_path, 1, f"+embedding.init.t_cat_0={{checkpoint: {source_run}, table: t_movie}}")
+    with pytest.raises(Exception, match=r"embedding.init.cat_0: checkpoint .* has no table 'movie'"):
+        _target(tmp_path, 1, f"+embedding.init.cat_0={{checkpoint: {source_run}, table: movie}}")
 
 
 @pytest.mark.parametrize("init,message", [
-    ({"t_nope": {"vectors": "x"}}, r"embedding.init names \['t_nope'\]"),
-    ({"t_a": {"vectors": "x", "checkpoint": "y"}}, "embedding.init.t_a: set exactly one of checkpoint and vectors"),
-    ({"t_a": {"vectors": "x", "table": "t_b"}}, "embedding.init.t_a.table names a checkpoint's table"),
-    ({"t_a": {"vector": "x"}}, r"embedding.init.t_a=.*expected \{checkpoint"),
+    ({"t_a": {"vectors": "x"}}, r"embedding.init names \['t_a'\], which are not tables of the model; its tables: \['a', 'b'\]"),
+    ({"a": {"vectors": "x", "checkpoint": "y"}}, "embedding.init.a: set exactly one of checkpoint and vectors"),
+    ({"a": {"vectors": "x", "table": "b"}}, "embedding.init.a.table names a checkpoint's table"),
+    ({"a": {"vector": "x"}}, r"embedding.init.a=.*expected \{checkpoint"),
 ])
 def test_bad_init_settings_are_refused_naming_the_key(init, message):
     with pytest.raises((KeyError, ValueError), match=message):
-        init_settings(init, {"t_a": None, "t_b": None})
+        init_settings(init, ["t_a", "t_b"])
 
 
 def _files(tmp_path: Path):
