@@ -340,7 +340,11 @@ class Checkpointer:
             restore_rng(extra["rng"], self.device)
             step = int(extra["step"])
         if dist.get_rank() == 0:
-            log.info("resumed from %s (step %d) in %.2f s", path, step, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            if weights_only:
+                log.info("loaded the model's weights from %s in %.2f s", path, seconds)
+            else:
+                log.info("resumed from %s (step %d) in %.2f s", path, step, seconds)
         return step
 
 
