@@ -80,7 +80,8 @@ def parameter_counts(task: ClickTask) -> Dict[str, int]:
 
 def table_optimizers(task: ClickTask, opt: Mapping) -> TableGroups:
     """The model's table groups, each with its optimizer from `optimizer` (`opt`): the group's
-    own settings key (its null fields: the sparse optimizer's), times its learning-rate scale."""
+    own settings key (its null fields: the sparse optimizer's), times its learning-rate and
+    weight-decay scales."""
     groups = {}
     for group, tables in task.table_groups().items():
         own = (opt.get(tables.settings) or {}) if tables.settings else {}
@@ -89,6 +90,10 @@ def table_optimizers(task: ClickTask, opt: Mapping) -> TableGroups:
             lr=(opt.sparse_lr if own.get("lr") is None else own.get("lr")) * tables.lr_scale,
             eps=opt.sparse_eps if own.get("eps") is None else own.get("eps"),
             setting=f"optimizer.{tables.settings}.name" if own.get("name") else "optimizer.sparse",
+            weight_decay=(opt.get("sparse_weight_decay", 0.0) if own.get("weight_decay") is None
+                          else own.get("weight_decay")) * tables.weight_decay_scale,
+            weight_decay_setting=f"optimizer.{tables.settings}.weight_decay" if own.get("weight_decay") is not None
+            else "optimizer.sparse_weight_decay",
         )
         groups[group] = (tables.collections, optimizer)
     return groups
@@ -130,7 +135,9 @@ def shard(task: ClickTask, env: DistributedEnv, cfg: DictConfig) -> Sharded:
 
 def optimizers(model: DistributedModelParallel, cfg: DictConfig) -> CombinedOptimizer:
     """The sharded model's optimizers: its tables' (grouped as its model names them), Adam for the rest."""
-    return combined_optimizer(model, table_optimizers(model.module, cfg.optimizer), cfg.optimizer.dense_lr)
+    opt = cfg.optimizer
+    return combined_optimizer(model, table_optimizers(model.module, opt), opt.dense_lr,
+                              opt.get("dense_weight_decay", 0.0))
 
 
 @dataclass

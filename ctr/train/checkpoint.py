@@ -340,7 +340,8 @@ class Checkpointer:
             restore_rng(extra["rng"], self.device)
             step = int(extra["step"])
         if dist.get_rank() == 0:
-            log.info("resumed from %s (step %d) in %.2f s", path, step, time.perf_counter() - started)
+            done = f"loaded the weights of {path}" if weights_only else f"resumed from {path} (step {step})"
+            log.info("%s in %.2f s", done, time.perf_counter() - started)
         return step
 
 
@@ -359,7 +360,13 @@ def _gather_digests(partial: Path, world_size: int) -> Optional[str]:
     return None
 
 
+def best_record(directory: Path) -> Optional[Dict[str, Any]]:
+    """What `<directory>/best` recorded (its step, metric and value), if a complete one exists."""
+    best = directory / BEST
+    return _record(best) if is_complete(best) else None
+
+
 def best_value(directory: Path) -> Optional[float]:
     """The metric value recorded with `<directory>/best`, if a complete one exists."""
-    best = directory / BEST
-    return _record(best).get("value") if is_complete(best) else None
+    record = best_record(directory)
+    return record.get("value") if record else None
