@@ -175,6 +175,9 @@ class SyntheticDataConfig:
     test_rows: int = 100_000
     seed: int = 0
     batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
+    # recommended: trainer.max_epochs's default. A second pass over the rows gained 0.0025 val AUC,
+    # the first 0.87; the generator gives fresh rows (train_rows) cheaper than more passes.
+    max_epochs: int = 2
 
 
 @dataclass
@@ -193,6 +196,7 @@ class CriteoDataConfig:
     seed: int = 0
     verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
     batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
+    max_epochs: int = 10  # recommended: trainer.max_epochs's default
 
 
 @dataclass
@@ -207,6 +211,7 @@ class CsvDataConfig:
     seed: int = 0
     verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
     batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
+    max_epochs: int = 10  # recommended: trainer.max_epochs's default
 
 
 @dataclass
@@ -511,7 +516,8 @@ class OptimizerConfig:
 class TrainerConfig:
     """`configs/trainer/*.yaml`: batch sizes, duration, evaluation and logging cadence.
 
-    `batch_size` is per rank; by default the data config's recommendation (`data.batch_size`).
+    `batch_size` is per rank; by default the data config's recommendation (`data.batch_size`),
+    as is `max_epochs` (`data.max_epochs`).
     `epochs` null (the default) trains to convergence where the data has a validation split:
     up to `max_epochs` epochs, validating after each, stopping early, and the test metrics
     come from the best checkpoint's weights (`checkpoint.keep_best`); where it has none, one
@@ -529,7 +535,7 @@ class TrainerConfig:
     eval_batch_size: int = 8192  # per rank
     reader_workers: int = 0  # processes building training batches per rank (0: a background thread)
     epochs: Optional[int] = None  # null: to convergence (up to max_epochs) with a validation split, else 1
-    max_epochs: int = 10
+    max_epochs: int = II("data.max_epochs")
     max_steps: Optional[int] = None
     log_every_steps: int = 50
     progress_bar: bool = True

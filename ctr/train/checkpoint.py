@@ -50,6 +50,7 @@ RESUME_INDEPENDENT_KEYS = (
     "checkpoint",
     "distributed.backend",
     "data.batch_size",
+    "data.max_epochs",
     "trainer.progress_bar",
     "trainer.tensorboard",
     "trainer.log_every_steps",

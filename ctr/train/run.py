@@ -98,7 +98,7 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     eval_every_steps = _eval_every_steps(trainer, steps_per_epoch, converging=trainer.epochs is None and has_validation)
     if env.is_main:
         _log_data_size(source, trainer.batch_size, env.world_size, steps_per_epoch)
-        _log_duration(trainer, epochs, has_validation, eval_every_steps, ckpt.keep_best)
+        _log_duration(trainer, epochs, has_validation, eval_every_steps, ckpt.keep_best, source.max_epochs)
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
     checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last, env.device, training_config(cfg))
@@ -239,7 +239,7 @@ def _eval_every_steps(trainer: DictConfig, steps_per_epoch: int, converging: boo
 
 
 def _log_duration(trainer: DictConfig, epochs: int, has_validation: bool, eval_every_steps: Optional[int],
-                  keep_best: bool) -> None:
+                  keep_best: bool, recommended_epochs: int) -> None:
     """How long training runs and which weights the test metrics will come from."""
     if not has_validation:
         log.info("the data has no validation split: %d epoch(s), no validation, no early stopping, and the test "
@@ -251,8 +251,9 @@ def _log_duration(trainer: DictConfig, epochs: int, has_validation: bool, eval_e
                 if patience else "no early stopping")
     every = f"every {eval_every_steps} steps" if eval_every_steps else "at the end"
     weights = "the best checkpoint's weights" if keep_best else "the last weights (checkpoint.keep_best=false)"
-    log.info("training %s%d epoch(s), validating %s, %s; test metrics from %s",
-             "to convergence: up to " if trainer.epochs is None else "", epochs, every, stopping, weights)
+    cap = f" (the data config recommends {recommended_epochs})" if trainer.epochs is None else ""
+    log.info("training %s%d epoch(s)%s, validating %s, %s; test metrics from %s",
+             "to convergence: up to " if trainer.epochs is None else "", epochs, cap, every, stopping, weights)
 
 
 def _log_data_size(source, batch_size: int, world_size: int, steps_per_epoch: int) -> None:

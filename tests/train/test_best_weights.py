@@ -83,7 +83,8 @@ def test_early_stopping_restores_the_best_checkpoints_weights_for_the_test_metri
     run_dir = tmp_path / "run"
     output = _train(run_dir, *flipped_val, *CONVERGING, *ON_CPU, "distributed.nproc_per_node=2",
                     "trainer.max_epochs=6", "checkpoint.keep_last=1")
-    assert "training to convergence: up to 6 epoch(s), validating every 10 steps, stopping after 2" in output
+    assert "training to convergence: up to 6 epoch(s) (the data config recommends 10), validating every 10 steps, " \
+        "stopping after 2" in output
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # validations at 10 (best), 20, 30: two without improvement, then the stop
     assert metrics["stopped_early"] and metrics["train_steps"] == 3 * STEPS_PER_EPOCH
