@@ -55,8 +55,10 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     if os.environ.get("RANK", "0") == "0":
         write_job_record(run_dir, "completed", time.time() - start)
-    # A sweep's objective: the validation AUC of the weights the run keeps (never a test metric).
-    return float(metrics.get("best_val_auc", metrics.get("val_auc", float("nan"))))
+    # A sweep's objective: the validation AUC of the weights the run keeps (never a test metric;
+    # nan without a validation split).
+    value = metrics.get("best_val_auc")
+    return float(value if value is not None else metrics.get("val_auc", float("nan")))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,15 @@ from ctr.parallel.comms import wire_bytes
 from ctr.parallel.optimizers import fused_state_bytes
 from ctr.parallel.plan_summary import bytes_per_rank, format_estimates, format_plan, plan_report, pooled_comms_bytes
 from ctr.parallel.process_group import DistributedEnv, in_process_group
-from ctr.train.checkpoint import BEST, Checkpointer, best_record, best_value, checkpoint_directory, training_config
+from ctr.train.checkpoint import (
+    BEST,
+    Checkpointer,
+    best_record,
+    best_value,
+    checkpoint_directory,
+    record,
+    training_config,
+)
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.guards import check_config, check_steps
@@ -35,6 +43,8 @@ from ctr.train.validation import Validation
 log = logging.getLogger(__name__)
 
 JOB_START_ENV = "CTR_JOB_START"
+# The key of a step checkpoint's record that carries the validations without improvement so far.
+PATIENCE_KEY = "evaluations_without_improvement"
 # Fewer steps than this per epoch: the start-up log says so (the batch suits bigger data).
 FEW_STEPS_PER_EPOCH = 50
 
@@ -116,17 +126,23 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     def save_best(step: int, metrics: Dict[str, float]) -> None:
         checkpointer.save(step, model, optimizer, scheduler, name=BEST, info={"metric": trainer.best_metric, "value": metrics[trainer.best_metric]})
 
+    resumed = resume_from is not None
+    carried = record(resume_from).get(PATIENCE_KEY, 0) if resumed and not ckpt.weights_only else 0
     validation = Validation(
         lambda: evaluate(model, source, "val", built.hashing, env, trainer.eval_batch_size, auc_bins),
         trainer.best_metric, trainer.early_stopping_patience,
         save_best if ckpt.keep_best else None, scalars, env.is_main, best=best_value(checkpointer.directory),
+        evaluations_without_improvement=carried,
     )
     hooks = Hooks(
         eval_every_steps=eval_every_steps,
         on_eval=validation if has_validation else None,
         checkpoint_every_steps=ckpt.every_steps,
-        on_checkpoint=lambda step: checkpointer.save(step, model, optimizer, scheduler),
+        on_checkpoint=lambda step: checkpointer.save(
+            step, model, optimizer, scheduler, info={PATIENCE_KEY: validation.evaluations_without_improvement}),
     )
+    if validation.exhausted and env.is_main:
+        log.info("the run resumed had stopped early: no further training")
     result = train(
         model,
         optimizer,
@@ -135,13 +151,12 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
         num_steps=total_steps,
         log_every_steps=trainer.log_every_steps,
         progress_bar=trainer.progress_bar,
-        max_steps=trainer.max_steps,
+        max_steps=start_step if validation.exhausted else trainer.max_steps,
         start_step=start_step,
         scheduler=scheduler,
         hooks=hooks,
         scalars=scalars,
     )
-    resumed = resume_from is not None
     test_weights, test_weights_step = _restore_best(checkpointer, built, scheduler, result.steps, env,
                                                     ckpt.keep_best and (validation.best_step is not None or resumed))
     return Fitted(result, start_step, validation, scalars, checkpointer.directory, epochs, test_weights,
@@ -190,7 +205,7 @@ def _report(
         "test_weights": fitted.test_weights,
         "test_weights_step": fitted.test_weights_step,
         "resumed_from_step": fitted.start_step,
-        "stopped_early": result.stopped_early,
+        "stopped_early": result.stopped_early or fitted.validation.exhausted,
         "train_samples": result.samples,
         "train_seconds": result.seconds,
         "train_samples_per_second": result.samples_per_second,

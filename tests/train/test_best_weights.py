@@ -97,18 +97,25 @@ def test_early_stopping_restores_the_best_checkpoints_weights_for_the_test_metri
     assert last["log_loss"] < best["log_loss"] - 1e-3
 
 
-def test_a_resumed_run_that_never_improves_still_tests_the_earlier_attempts_best(tmp_path, flipped_val):
+def test_a_resumed_run_keeps_its_patience_count_and_tests_the_earlier_attempts_best(tmp_path, flipped_val):
     run_dir = tmp_path / "run"
     common = [*flipped_val, *CONVERGING, *ON_CPU, "distributed.nproc_per_node=1", "trainer.batch_size=64",
               "trainer.max_epochs=6", "checkpoint.every_steps=10"]
-    _train(run_dir, *common, "trainer.max_steps=20")  # validations at 10 (best) and 20, then stopped
+    _train(run_dir, *common, "trainer.max_steps=20")  # validations at 10 (best) and 20 (1 without improvement)
     output = _train(run_dir, *common)
     assert "resumed from" in output
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["resumed_from_step"] == 20 and metrics["stopped_early"]
+    # the second validation without improvement, at 30, is the patience's 2nd: the stop
+    assert metrics["resumed_from_step"] == 20 and metrics["stopped_early"] and metrics["train_steps"] == 30
     assert metrics["test_weights"] == "best" and metrics["test_weights_step"] == 10
     best = _evaluate(run_dir, run_dir / "checkpoints" / "best")
     assert metrics["test_log_loss"] == pytest.approx(best["log_loss"], rel=1e-5)
+    # the same command again: the run had stopped early, so it trains no further
+    output = _train(run_dir, *common)
+    assert "the run resumed had stopped early: no further training" in output
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert again["resumed_from_step"] == 30 and again["train_steps"] == 30 and again["stopped_early"]
+    assert again["test_log_loss"] == pytest.approx(best["log_loss"], rel=1e-5)
 
 
 def test_data_without_a_validation_split_trains_one_epoch_as_before(tmp_path):
