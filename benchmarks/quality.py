@@ -157,7 +157,8 @@ def summarise(runs: List[dict]) -> List[dict]:
             row["best_step_mean"] = statistics.mean(r["test_weights_step"] for r in group)
             row["train_seconds_mean"] = statistics.mean(r["train_seconds"] for r in group)
         rows.append(row)
-    return sorted(rows, key=lambda r: (list(DATASETS).index(r["dataset"]), r["model"], r["variant"]))
+    order = [*MODELS, "logistic_regression"]
+    return sorted(rows, key=lambda r: (list(DATASETS).index(r["dataset"]), order.index(r["model"]), r["variant"]))
 
 
 def _cell(row: dict, metric: str = "test_auc") -> str:
