@@ -168,15 +168,15 @@ def _restore_best(checkpointer: Checkpointer, built: Trainable, scheduler, last_
     """The weights the test evaluation uses, and their step: the best checkpoint's, loaded into
     the model (DCP, any number of ranks) unless they are the last step's anyway; the last
     step's where this run (or the attempts it resumed) saved no best checkpoint."""
-    record = best_record(checkpointer.directory) if may_restore else None
-    if record is None:
+    best = best_record(checkpointer.directory) if may_restore else None
+    if best is None:
         return "last", last_step
-    step = int(record["step"])
+    step = int(best["step"])
     if step != last_step:
         checkpointer.load(checkpointer.directory / BEST, built.model, built.optimizer, scheduler, weights_only=True)
     if env.is_main:
         log.info("test metrics from the best checkpoint's weights: step %d of %d (val %s %.4f)",
-                 step, last_step, record["metric"], record["value"])
+                 step, last_step, best["metric"], best["value"])
     return "best", step
 
 
