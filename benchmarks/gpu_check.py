@@ -46,7 +46,7 @@ CPU_SIZES = [
     "data.num_dense=4", "data.num_sparse=6", "data.vocab_min=5", "data.vocab_max=300", "data.train_rows=640",
     "data.val_rows=64", "data.test_rows=256", "embedding.dim=8", "embedding.num_embeddings=200",
     "model.num_residual_units=1", "model.residual_hidden_dim=16", "trainer.batch_size=32",
-    "trainer.eval_batch_size=64",
+    "trainer.eval_batch_size=64", "trainer.epochs=1",
 ]
 # Short GPU runs (phases 2 and 3): enough steps to exercise every path, not to converge.
 GPU_BATCH, GPU_STEPS_PER_EPOCH = 2048, 40

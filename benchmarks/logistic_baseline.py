@@ -18,6 +18,7 @@ each split it used.
 import argparse
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
@@ -58,19 +59,12 @@ def _log_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("overrides", nargs="+", help="launch/train.py overrides, e.g. data=criteo_kaggle10k")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--l2", type=float, default=1e-5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
-
+def fit(overrides: Sequence[str], epochs: int = 10, lr: float = 0.05, l2: float = 1e-5, seed: int = 0) -> dict:
+    """Trains the baselines on the splits `overrides` (launch/train.py's) give; their figures."""
+    torch.manual_seed(seed)
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=group_overrides(args.overrides))
+        cfg = compose(config_name="config", overrides=group_overrides(list(overrides)))
     source = instantiate(cfg.data)
     batch_size = cfg.trainer.batch_size
     shared = getattr(source, "shared_tables", {})
@@ -79,14 +73,14 @@ def main() -> None:
     hashing = ModuloHashing(sizes)
     tables = embedding_bag_configs(hashing.table_rows(), {name: 1 for name in sizes}, "fp32", shared)
     model = LogisticRegression(len(source.dense_names), EmbeddingBagCollection(tables=tables))
-    optimizer = torch.optim.Adagrad(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=lr)
     has_val = source.num_rows("val") > 0
     best = (-1.0, None, None)
-    for epoch in range(args.epochs):
+    for epoch in range(epochs):
         for batch in batches(source, "train", batch_size, 0, 1, drop_last=False):
             batch = hashing(batch)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.labels)
-            loss = loss + args.l2 * sum((p**2).sum() for p in model.parameters())
+            loss = loss + l2 * sum((p**2).sum() for p in model.parameters())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -100,7 +94,7 @@ def main() -> None:
               if source.num_rows(split)}
     test_labels, train_rate = labels["test"], float(labels["train"].mean())
     constant = binary_auroc(torch.full_like(test_labels, train_rate), test_labels.long()).item()
-    print(json.dumps({
+    return {
         "splits": {split: {"rows": len(y), "positives": int(y.sum())} for split, y in labels.items()},
         "batch_size": batch_size,
         "test_positive_rate": round(float(test_labels.mean()), 4),
@@ -108,7 +102,18 @@ def main() -> None:
         "logistic_regression_val_auc": round(best[0], 4) if has_val else None,
         "constant_predictor_test_log_loss": round(_log_loss(torch.full_like(test_labels, train_rate).logit(), test_labels), 4),
         "logistic_regression_test_auc": round(best[1], 4), "logistic_regression_test_log_loss": round(best[2], 4),
-    }, indent=2))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("overrides", nargs="+", help="launch/train.py overrides, e.g. data=criteo_kaggle10k")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--l2", type=float, default=1e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(json.dumps(fit(args.overrides, args.epochs, args.lr, args.l2, args.seed), indent=2))
 
 
 if __name__ == "__main__":

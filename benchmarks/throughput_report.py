@@ -12,18 +12,21 @@ rewrites the part of `benchmarks/RESULTS.md` between the `throughput:begin` and
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ctr.atomic import write_atomic, write_json_atomic
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.markdown_section import replace_section  # noqa: E402
+from ctr.atomic import write_json_atomic  # noqa: E402
+
 STORE = HERE / "throughput.json"
 RESULTS = HERE / "RESULTS.md"
-BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 AXES = ("model_name", "world_size", "batch_size", "dim", "rows", "sharding_name", "table_precision", "comms_name",
         "dense_precision")
 
@@ -178,13 +181,7 @@ def report(dirs: Sequence[Path] = (), store: Path = STORE, results_md: Path = RE
         write_json_atomic(store, gather(dirs))
     results = sorted(json.loads(store.read_text()), key=lambda r: tuple(str(r["point"][k]) for k in AXES))
     text = markdown(results)
-    page = results_md.read_text() if results_md.exists() else ""
-    if BEGIN in page:
-        head, rest = page.split(BEGIN, 1)
-        page = head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1]
-    else:
-        page = page.rstrip("\n") + f"\n\n{BEGIN}\n{text}\n{END}\n"
-    write_atomic(results_md, lambda f: f.write(page.encode()))
+    replace_section(results_md, "throughput", text)
     plot(results, plot_dir)
     return text
 

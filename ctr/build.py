@@ -83,7 +83,8 @@ def parameter_counts(task: ClickTask) -> Dict[str, int]:
 
 def table_optimizers(task: ClickTask, opt: Mapping) -> TableGroups:
     """The model's table groups, each with its optimizer from `optimizer` (`opt`): the group's
-    own settings key (its null fields: the sparse optimizer's), times its learning-rate scale."""
+    own settings key (its null fields: the sparse optimizer's), times its learning-rate and
+    weight-decay scales."""
     groups = {}
     for group, tables in task.table_groups().items():
         own = (opt.get(tables.settings) or {}) if tables.settings else {}
@@ -92,6 +93,10 @@ def table_optimizers(task: ClickTask, opt: Mapping) -> TableGroups:
             lr=(opt.sparse_lr if own.get("lr") is None else own.get("lr")) * tables.lr_scale,
             eps=opt.sparse_eps if own.get("eps") is None else own.get("eps"),
             setting=f"optimizer.{tables.settings}.name" if own.get("name") else "optimizer.sparse",
+            weight_decay=(opt.get("sparse_weight_decay", 0.0) if own.get("weight_decay") is None
+                          else own.get("weight_decay")) * tables.weight_decay_scale,
+            weight_decay_setting=f"optimizer.{tables.settings}.weight_decay" if own.get("weight_decay") is not None
+            else "optimizer.sparse_weight_decay",
         )
         groups[group] = (tables.collections, optimizer)
     return groups
@@ -149,9 +154,11 @@ def shard(task: ClickTask, env: DistributedEnv, cfg: DictConfig) -> Sharded:
 def optimizers(model: DistributedModelParallel, cfg: DictConfig) -> CombinedOptimizer:
     """The sharded model's optimizers: its tables' (grouped as its model names them, frozen or
     every k steps as `embedding.update` says), Adam for the rest."""
+    opt = cfg.optimizer
     tables = [table for module_plan in model.plan.plan.values() for table in module_plan]
-    return combined_optimizer(model, table_optimizers(model.module, cfg.optimizer), cfg.optimizer.dense_lr,
-                              update_settings(tables, cfg), cfg.embedding.update_every_k)
+    return combined_optimizer(model, table_optimizers(model.module, opt), opt.dense_lr,
+                              opt.get("dense_weight_decay", 0.0), update_settings(tables, cfg),
+                              cfg.embedding.update_every_k)
 
 
 @dataclass

@@ -183,6 +183,9 @@ class SyntheticDataConfig:
     test_rows: int = 100_000
     seed: int = 0
     batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
+    # recommended: trainer.max_epochs's default. A second pass over the rows gained 0.0025 val AUC,
+    # the first 0.87; the generator gives fresh rows (train_rows) cheaper than more passes.
+    max_epochs: int = 2
 
 
 @dataclass
@@ -201,6 +204,7 @@ class CriteoDataConfig:
     seed: int = 0
     verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
     batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
+    max_epochs: int = 10  # recommended: trainer.max_epochs's default
 
 
 @dataclass
@@ -215,6 +219,7 @@ class CsvDataConfig:
     seed: int = 0
     verify_checksums: bool = True  # each shard when this process first reads it (sizes: always)
     batch_size: int = 2048  # recommended per rank: trainer.batch_size's default
+    max_epochs: int = 10  # recommended: trainer.max_epochs's default
 
 
 @dataclass
@@ -235,6 +240,7 @@ class SkipGramDataConfig:
     subsample: float = 1e-3  # word2vec's threshold t for dropping frequent items (0: off)
     seed: int = 0
     batch_size: int = 1024  # recommended per rank: trainer.batch_size's default
+    max_epochs: int = 10  # recommended: trainer.max_epochs's default (validation: held-out pairs)
 
 
 @dataclass
@@ -380,11 +386,17 @@ class EvaluateConfig:
 
 @dataclass
 class DeepCrossingConfig:
-    """`configs/model/deep_crossing.yaml`: Shan et al. 2016, residual units over stacked features."""
+    """`configs/model/deep_crossing.yaml`: Shan et al. 2016, residual units over stacked features.
+
+    `dropout` (a probability) drops each residual unit's outputs while training; `batch_norm`
+    normalises each unit's sum before its activation.
+    """
 
     _target_: str = "ctr.models.deep_crossing.DeepCrossing"
     num_residual_units: int = 3
     residual_hidden_dim: int = 256
+    dropout: float = 0.0
+    batch_norm: bool = False
 
 
 @dataclass
@@ -421,11 +433,17 @@ class WideConfig:
 
 @dataclass
 class WideDeepConfig:
-    """`configs/model/wide_deep.yaml`: Cheng et al. 2016, a linear model plus an MLP over embeddings."""
+    """`configs/model/wide_deep.yaml`: Cheng et al. 2016, a linear model plus an MLP over embeddings.
+
+    `dropout` (a probability) drops each MLP layer's outputs while training; `batch_norm`
+    normalises each layer before its activation.
+    """
 
     _target_: str = "ctr.models.wide_deep.WideAndDeep"
     hidden_dims: List[int] = field(default_factory=lambda: [256, 128])
     wide: WideConfig = field(default_factory=WideConfig)
+    dropout: float = 0.0
+    batch_norm: bool = False
 
 
 @dataclass
@@ -587,22 +605,31 @@ class ScheduleConfig:
 @dataclass
 class TableOptimizerConfig:
     """`optimizer.wide`: the wide part's fused table optimizer (sgd, adagrad, rowwise_adagrad
-    on CPU); a null field takes the sparse optimizer's (`sparse`, `sparse_lr`, `sparse_eps`)."""
+    on CPU); a null field takes the sparse optimizer's (`sparse`, `sparse_lr`, `sparse_eps`,
+    `sparse_weight_decay`)."""
 
     name: Optional[SparseOptimizer] = None
     lr: Optional[float] = None
     eps: Optional[float] = None
+    weight_decay: Optional[float] = None
 
 
 @dataclass
 class OptimizerConfig:
     """`configs/optimizer/*.yaml`: fused in-backward optimizer for tables, Adam for the dense tower;
-    `wide` for the wide part of Wide & Deep (its null fields: the sparse optimizer's)."""
+    `wide` for the wide part of Wide & Deep (its null fields: the sparse optimizer's).
+
+    `sparse_weight_decay` is an L2 penalty on the table rows a batch uses (FBGEMM's
+    `weight_decay_mode` L2, in the fused update: rows no batch reads do not decay; needs
+    `rowwise_adagrad`). `dense_weight_decay` is Adam's L2 penalty on the dense weights.
+    """
 
     sparse: SparseOptimizer = SparseOptimizer.rowwise_adagrad
     sparse_lr: float = 0.05
     sparse_eps: float = 1e-8
+    sparse_weight_decay: float = 0.0
     dense_lr: float = 1e-3
+    dense_weight_decay: float = 0.0
     wide: TableOptimizerConfig = field(default_factory=TableOptimizerConfig)
     sparse_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dense_schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -612,9 +639,14 @@ class OptimizerConfig:
 class TrainerConfig:
     """`configs/trainer/*.yaml`: batch sizes, duration, evaluation and logging cadence.
 
-    `batch_size` is per rank; by default the data config's recommendation (`data.batch_size`).
-    Validation runs every epoch with `eval_every: epoch`, else every `eval_every_steps`
-    (and at the end either way); `best_metric` picks the
+    `batch_size` is per rank; by default the data config's recommendation (`data.batch_size`),
+    as is `max_epochs` (`data.max_epochs`).
+    `epochs` null (the default) trains to convergence where the data has a validation split:
+    up to `max_epochs` epochs, validating after each, stopping early, and the test metrics
+    come from the best checkpoint's weights (`checkpoint.keep_best`); where it has none, one
+    epoch, as a number of epochs does everywhere. Validation runs every epoch with
+    `eval_every: epoch`, else every `eval_every_steps` (null both: every epoch when training
+    to convergence; at the end either way); `best_metric` picks the
     best checkpoint and drives early stopping after `early_stopping_patience` evaluations
     without improvement (null: never stop early). `dense_precision` bf16 runs the dense
     tower under autocast (fp32 master weights; tables keep `embedding.precision`). `auc`:
@@ -625,14 +657,15 @@ class TrainerConfig:
     batch_size: int = II("data.batch_size")  # per rank
     eval_batch_size: int = 8192  # per rank
     reader_workers: int = 0  # processes building training batches per rank (0: a background thread)
-    epochs: int = 1
+    epochs: Optional[int] = None  # null: to convergence (up to max_epochs) with a validation split, else 1
+    max_epochs: int = II("data.max_epochs")
     max_steps: Optional[int] = None
     log_every_steps: int = 50
     progress_bar: bool = True
     eval_every: Optional[EvalEvery] = None
     eval_every_steps: Optional[int] = None
     best_metric: BestMetric = BestMetric.auc
-    early_stopping_patience: Optional[int] = None
+    early_stopping_patience: Optional[int] = 2
     tensorboard: bool = True  # scalars in <run dir>/tensorboard
     dense_precision: DensePrecision = DensePrecision.fp32
     auc: AucKind = AucKind.exact

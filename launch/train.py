@@ -55,7 +55,10 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     if os.environ.get("RANK", "0") == "0":
         write_job_record(run_dir, "completed", time.time() - start)
-    return float(metrics.get("val_auc", metrics["test_auc"]))
+    # A sweep's objective: the validation AUC of the weights the run keeps (never a test metric;
+    # nan without a validation split).
+    value = metrics.get("best_val_auc")
+    return float(value if value is not None else metrics.get("val_auc", float("nan")))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ from ctr.config import group_overrides, register_configs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-# A model small enough for a multi-rank run to take seconds, on any data.
+# A model small enough for a multi-rank run to take seconds, on any data; one epoch and no
+# early stopping (the defaults train to convergence), unless a test asks for more.
 TINY_MODEL = [
+    "trainer.epochs=1",
+    "trainer.early_stopping_patience=null",
     "embedding.dim=8",
     "embedding.num_embeddings=200",
     "model.num_residual_units=2",

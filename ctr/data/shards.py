@@ -61,8 +61,10 @@ class ShardSource:
         seed: int = 0,
         verify_checksums: bool = True,
         batch_size: int = 2048,
+        max_epochs: int = 10,
     ) -> None:
         self.batch_size = batch_size  # the recommended per-rank batch size (`data.batch_size`)
+        self.max_epochs = max_epochs  # the recommended cap on epochs (`data.max_epochs`)
         self._directory = Path(path)
         meta = read_meta(self._directory)
         self.meta = meta

@@ -136,13 +136,14 @@ class SkipGramPairs:
 
     def __init__(self, behaviour, user_column: str, item_feature: str, time_column: Optional[str] = None,
                  positives_only: bool = True, window: int = 5, negatives: int = 5, unigram_power: float = 0.75,
-                 subsample: float = 1e-3, seed: int = 0, batch_size: int = 1024) -> None:
+                 subsample: float = 1e-3, seed: int = 0, batch_size: int = 1024, max_epochs: int = 10) -> None:
         for key, value, low in (("window", window, 0), ("negatives", negatives, 1)):
             if value < low:
                 raise ValueError(f"data.{key}={value}: expected at least {low}")
         if subsample < 0:
             raise ValueError(f"data.subsample={subsample}: expected >= 0 (0: no subsampling)")
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # the recommended per-rank batch size (`data.batch_size`)
+        self.max_epochs = max_epochs  # the recommended cap on epochs (`data.max_epochs`)
         self.dense_names: List[str] = []
         self.sparse_names: List[str] = [item_feature, item_feature + CONTEXT_SUFFIX]
         self.sequences = behaviour_sequences(behaviour, user_column, item_feature, time_column, positives_only)

@@ -41,10 +41,12 @@ class SyntheticCriteo:
         test_rows: int,
         seed: int,
         batch_size: int = 2048,
+        max_epochs: int = 2,
     ) -> None:
         if not 1 <= vocab_min <= vocab_max:
             raise ValueError(f"data.vocab_min={vocab_min} and data.vocab_max={vocab_max}: need 1 <= min <= max")
         self.batch_size = batch_size  # the recommended per-rank batch size (`data.batch_size`)
+        self.max_epochs = max_epochs  # the recommended cap on epochs (`data.max_epochs`)
         self.dense_names: List[str] = [f"int_{i}" for i in range(num_dense)]
         self.sparse_names: List[str] = [f"cat_{i}" for i in range(num_sparse)]
         self._num_rows = {"train": train_rows, "val": val_rows, "test": test_rows}

@@ -946,14 +946,14 @@ class _CsvInput(PlannedInput):
 
 
 def csv_shards(path: str, schema, shuffle_buffer: int = SHUFFLE_BUFFER, seed: int = 0,
-               verify_checksums: bool = True, batch_size: int = 2048) -> ShardSource:
+               verify_checksums: bool = True, batch_size: int = 2048, max_epochs: int = 10) -> ShardSource:
     """The RowSource of `data=<csv data set>`: its shards, split as preprocessing assigned the rows.
 
     Refuses shards written from another schema, so a changed schema is never trained on stale shards.
     """
     expected = json.loads(json.dumps(asdict(as_schema(schema))))
     source = ShardSource(path, split_by=SplitBy.preprocessed, shuffle_buffer=shuffle_buffer, seed=seed,
-                         verify_checksums=verify_checksums, batch_size=batch_size)
+                         verify_checksums=verify_checksums, batch_size=batch_size, max_epochs=max_epochs)
     written = source.meta.get("settings", {}).get("schema")
     if written != expected:
         raise CsvFormatError(f"{path} was not written from this data.schema; run launch/preprocess.py "

@@ -7,7 +7,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.embeddings import FeatureEmbeddings
-from ctr.models.layers import ResidualUnit
+from ctr.models.layers import ResidualUnit, check_dropout
 from ctr.models.table_groups import TableGroup
 
 
@@ -21,6 +21,8 @@ class DeepCrossing(nn.Module):
         num_dense_features: width of the dense input.
         num_residual_units: depth of the residual stack.
         residual_hidden_dim: inner width of each residual unit.
+        dropout: probability of dropping each residual unit's outputs while training (0: none).
+        batch_norm: batch normalisation in each residual unit, before its activation.
 
     Shapes: dense [B, num_dense_features], sparse KJT with batch size B → logits [B].
     """
@@ -31,12 +33,15 @@ class DeepCrossing(nn.Module):
         num_dense_features: int,
         num_residual_units: int = 3,
         residual_hidden_dim: int = 256,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
+        check_dropout(dropout)
         self.embeddings = embeddings
         stack_dim = num_dense_features + embeddings.output_dim
         self.residual_units = nn.Sequential(
-            *(ResidualUnit(stack_dim, residual_hidden_dim) for _ in range(num_residual_units))
+            *(ResidualUnit(stack_dim, residual_hidden_dim, dropout, batch_norm) for _ in range(num_residual_units))
         )
         self.scoring = nn.Linear(stack_dim, 1)
 

@@ -21,8 +21,10 @@ class TableGroup:
         settings: the key under `optimizer` with the group's own `name`, `lr` and `eps`
             (a null field: the sparse optimizer's); None: `optimizer.sparse*` itself.
         lr_scale: multiplies the group's learning rate.
+        weight_decay_scale: multiplies the group's weight decay (L2 penalty).
     """
 
     collections: Sequence[nn.Module]
     settings: Optional[str] = None
     lr_scale: float = 1.0
+    weight_decay_scale: float = 1.0

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ctr.features.crossing import Cross, parse_crosses
 from ctr.features.embeddings import FeatureEmbeddings
+from ctr.models.layers import check_dropout, mlp
 from ctr.models.table_groups import TableGroup
 
 
@@ -27,6 +27,8 @@ class WideLinear(nn.Module):
     exactly the 1-wide linear model trained with 4× the learning rate. The tables' group
     (`table_group`) therefore scales their learning rate by 1 / COLUMNS, which makes the
     wide part exactly the configured optimizer on scalar weights (tests/models/test_wide_deep.py).
+    An L2 penalty wd·W²/2 on a weight W = 4·w (each entry w) has the gradient wd·W = 4·wd·w per
+    entry, so the group scales its weight decay by COLUMNS.
     Bags are sum-pooled: a bag contributes the sum of its ids' weights, as in a linear
     model over a multi-hot vector.
 
@@ -41,8 +43,10 @@ class WideLinear(nn.Module):
         self.collection = EmbeddingBagCollection(tables=list(tables), device=device)
 
     def table_group(self) -> TableGroup:
-        """The wide tables train with `optimizer.wide` at lr / COLUMNS: scalar weights at lr."""
-        return TableGroup([self.collection], settings="wide", lr_scale=1 / self.COLUMNS)
+        """The wide tables train with `optimizer.wide` at lr / COLUMNS and weight decay × COLUMNS:
+        scalar weights at lr and weight decay."""
+        return TableGroup([self.collection], settings="wide", lr_scale=1 / self.COLUMNS,
+                          weight_decay_scale=self.COLUMNS)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
         # A plain sum over every key's columns: the order a sharded collection returns keys in is irrelevant.
@@ -81,6 +85,8 @@ class WideAndDeep(nn.Module):
         num_dense_features: width of the dense input, stacked with the embeddings.
         hidden_dims: the MLP's layer widths (ReLU), followed by a linear layer to the deep logit
             (its bias is the model's bias).
+        dropout: probability of dropping each MLP layer's outputs while training (0: none).
+        batch_norm: batch normalisation in each MLP layer, before its activation.
         wide: `features` (sparse features in the linear part; null: all) and `crosses`
             (`[{features: [A, B], num_embeddings: N}]`, see `ctr.features.crossing`).
 
@@ -94,11 +100,14 @@ class WideAndDeep(nn.Module):
         num_dense_features: int,
         hidden_dims: Sequence[int] = (256, 128),
         wide: Optional[Mapping] = None,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         wide = wide or {}
         if not hidden_dims or any(d <= 0 for d in hidden_dims):
             raise ValueError(f"model.hidden_dims={list(hidden_dims)}: expected one or more positive widths")
+        check_dropout(dropout)
         features = wide.get("features")
         features = list(embeddings.feature_names if features is None else features)
         unknown = [f for f in features if f not in embeddings.parts]
@@ -110,7 +119,8 @@ class WideAndDeep(nn.Module):
         keys = [key for f in features for key in embeddings.parts[f]]
         self.embeddings = embeddings
         self.deep = nn.Sequential(
-            MLP(num_dense_features + embeddings.output_dim, list(hidden_dims)), nn.Linear(hidden_dims[-1], 1)
+            mlp(num_dense_features + embeddings.output_dim, hidden_dims, dropout, batch_norm),
+            nn.Linear(hidden_dims[-1], 1),
         )
         self.wide = WideLinear(wide_tables(embeddings.collection.embedding_bag_configs(), keys, crosses),
                                embeddings.collection.device)

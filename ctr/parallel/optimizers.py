@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, Mapping, Sequence, Tuple, Type
 
 import torch
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import WeightDecayMode
 from torch import nn
 from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
@@ -32,19 +33,44 @@ SPARSE_OPTIMIZERS: Dict[str, Type[torch.optim.Optimizer]] = {
 DENSE = "dense"
 # FBGEMM 1.8's CPU kernels implement only these.
 CPU_SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
+# FBGEMM's fused kernels with a weight decay whose mode ctr can set through TorchRec: row-wise
+# Adagrad (its torchrec class takes `weight_decay_mode` along); sgd's and adagrad's have none.
+# Its CPU kernel (fbgemm-gpu-cpu 1.8) ignores both (tests/parallel/test_table_weight_decay.py):
+# the decay is applied on CUDA only.
+WEIGHT_DECAY_OPTIMIZERS = ("rowwise_adagrad",)
 
 
 @dataclass(frozen=True)
 class TableOptimizer:
-    """The optimizer of a group of tables; `setting` is the config key that chose `name`."""
+    """The optimizer of a group of tables; `setting` is the config key that chose `name`.
+
+    `weight_decay` > 0 is an L2 penalty that FBGEMM's fused update adds to the gradient of
+    each row a batch reads (`WeightDecayMode.L2`), as the CTR libraries regularise the
+    embeddings a batch uses; TorchRec passes the optimizer's keyword arguments on to
+    FBGEMM as its fused parameters. Data-parallel tables (the dense kernel, no fused update)
+    take the same arguments in TorchRec's `RowWiseAdagrad`, whose dense gradient decays every row.
+    """
 
     name: str
     lr: float
     eps: float
     setting: str = "optimizer.sparse"
+    weight_decay: float = 0.0
+    weight_decay_setting: str = "optimizer.sparse_weight_decay"
+
+    def __post_init__(self) -> None:
+        if self.weight_decay < 0:
+            raise ValueError(f"{self.weight_decay_setting}={self.weight_decay}: expected 0 or more")
+        if self.weight_decay and self.name not in WEIGHT_DECAY_OPTIMIZERS:
+            raise ValueError(f"{self.weight_decay_setting}={self.weight_decay} with {self.setting}={self.name!r}: "
+                             f"FBGEMM's fused {self.name} has no weight decay; use one of "
+                             f"{list(WEIGHT_DECAY_OPTIMIZERS)}")
 
     def kwargs(self) -> dict:
-        return {"lr": self.lr} if self.name == "sgd" else {"lr": self.lr, "eps": self.eps}
+        kwargs = {"lr": self.lr} if self.name == "sgd" else {"lr": self.lr, "eps": self.eps}
+        if self.weight_decay:
+            kwargs.update(weight_decay=self.weight_decay, weight_decay_mode=WeightDecayMode.L2)
+        return kwargs
 
     def build(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
         return SPARSE_OPTIMIZERS[self.name](params, **self.kwargs())
@@ -75,6 +101,12 @@ def _mark(params: Sequence[torch.Tensor], optimizer: TableOptimizer, device: tor
         raise ValueError(
             f"{optimizer.setting}={optimizer.name!r} has no FBGEMM CPU kernel; "
             f"on CPU use one of {list(CPU_SPARSE_OPTIMIZERS)}"
+        )
+    if device.type == "cpu" and optimizer.weight_decay:
+        raise ValueError(
+            f"{optimizer.weight_decay_setting}: FBGEMM's CPU kernel leaves the weight decay out of its fused update "
+            "(fbgemm-gpu-cpu 1.8), so the tables would train without it; table weight decay needs CUDA (on CPU use "
+            "optimizer.dense_weight_decay, model.dropout or model.batch_norm)"
         )
     if params:
         apply_optimizer_in_backward(SPARSE_OPTIMIZERS[optimizer.name], list(params), optimizer.kwargs())
@@ -113,13 +145,13 @@ def fused_state_bytes(model: DistributedModelParallel) -> int:
 
 
 def combined_optimizer(
-    model: DistributedModelParallel, groups: TableGroups, dense_lr: float,
+    model: DistributedModelParallel, groups: TableGroups, dense_lr: float, dense_weight_decay: float = 0.0,
     updates: Mapping[str, TableUpdate] = {}, every_k: int = 1,
 ) -> CombinedOptimizer:
     """The fused table optimizers (already inside the sharded model), each group's optimizer
     for its tables without a fused kernel (stepped every `every_k` steps for its
-    every_k_steps tables; never for frozen ones), and Adam for the rest. `groups` name the
-    sharded model's collections.
+    every_k_steps tables; never for frozen ones), and Adam (L2 penalty `dense_weight_decay`)
+    for the rest. `groups` name the sharded model's collections.
 
     Data-parallel tables use the dense kernel, which ignores the in-backward mark: left
     to the dense optimizer they would train with Adam, not the configured optimizer.
@@ -145,5 +177,6 @@ def combined_optimizer(
         optimizers.append(("frozen", Frozen(KeyedOptimizerWrapper(frozen, FROZEN.build))))
     dense = {key: param for key, param in unfused.items() if id(param) not in table_params}
     if dense:  # a model of tables alone (Item2Vec) has nothing for Adam, which refuses an empty list
-        optimizers.append((DENSE, KeyedOptimizerWrapper(dense, lambda params: torch.optim.Adam(params, lr=dense_lr))))
+        optimizers.append((DENSE, KeyedOptimizerWrapper(
+            dense, lambda params: torch.optim.Adam(params, lr=dense_lr, weight_decay=dense_weight_decay))))
     return CombinedOptimizer(optimizers)

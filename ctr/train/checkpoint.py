@@ -50,6 +50,7 @@ RESUME_INDEPENDENT_KEYS = (
     "checkpoint",
     "distributed.backend",
     "data.batch_size",
+    "data.max_epochs",
     "trainer.progress_bar",
     "trainer.tensorboard",
     "trainer.log_every_steps",
@@ -123,7 +124,8 @@ def checkpoint_files(directory: Path) -> List[str]:
                   if p.is_file() and p.name != COMPLETE and not p.name.startswith(DIGESTS_PREFIX))
 
 
-def _record(path: Path) -> Dict[str, Any]:
+def record(path: Path) -> Dict[str, Any]:
+    """What a complete checkpoint's COMPLETE recorded: its step, files, config and the saver's info."""
     return json.loads((path / COMPLETE).read_text())
 
 
@@ -132,7 +134,7 @@ def verify_share(path: Path, rank: int = 0, world_size: int = 1) -> Optional[str
     if not is_complete(path):
         return f"{path}: not a complete checkpoint (no {COMPLETE} marker)"
     try:
-        files = _record(path).get("files")
+        files = record(path).get("files")
     except ValueError as error:
         return f"{path / COMPLETE}: not valid JSON ({error})"
     if not isinstance(files, dict) or not files:
@@ -288,7 +290,7 @@ class Checkpointer:
         for candidate in reversed(candidates):
             problem = self.verify(candidate)
             if problem is None:
-                differences = config_differences(_record(candidate).get("config") or {}, self.config,
+                differences = config_differences(record(candidate).get("config") or {}, self.config,
                                                  allow_config_change)
                 if differences:
                     raise CheckpointError(
@@ -340,11 +342,8 @@ class Checkpointer:
             restore_rng(extra["rng"], self.device)
             step = int(extra["step"])
         if dist.get_rank() == 0:
-            seconds = time.perf_counter() - started
-            if weights_only:
-                log.info("loaded the model's weights from %s in %.2f s", path, seconds)
-            else:
-                log.info("resumed from %s (step %d) in %.2f s", path, step, seconds)
+            done = f"loaded the weights of {path}" if weights_only else f"resumed from {path} (step {step})"
+            log.info("%s in %.2f s", done, time.perf_counter() - started)
         return step
 
 
@@ -363,7 +362,13 @@ def _gather_digests(partial: Path, world_size: int) -> Optional[str]:
     return None
 
 
+def best_record(directory: Path) -> Optional[Dict[str, Any]]:
+    """What `<directory>/best` recorded (its step, metric and value), if a complete one exists."""
+    best = directory / BEST
+    return record(best) if is_complete(best) else None
+
+
 def best_value(directory: Path) -> Optional[float]:
     """The metric value recorded with `<directory>/best`, if a complete one exists."""
-    best = directory / BEST
-    return _record(best).get("value") if is_complete(best) else None
+    record = best_record(directory)
+    return record.get("value") if record else None

@@ -14,10 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys that must be positive integers; then those where null means "off" or "none".
 _POSITIVE = (
-    "trainer.batch_size", "trainer.eval_batch_size", "trainer.epochs", "trainer.log_every_steps",
+    "trainer.batch_size", "trainer.eval_batch_size", "trainer.max_epochs", "trainer.log_every_steps",
     "embedding.num_embeddings", "embedding.dim", "distributed.nproc_per_node",
 )
-_POSITIVE_OR_NULL = ("trainer.eval_every_steps", "trainer.early_stopping_patience", "checkpoint.every_steps")
+_POSITIVE_OR_NULL = (
+    "trainer.epochs", "trainer.eval_every_steps", "trainer.early_stopping_patience", "checkpoint.every_steps",
+)
 # trainer.max_steps may also be 0: evaluate a resumed checkpoint without training (`check_steps`)
 # Per-feature maps whose values must be positive integers.
 _POSITIVE_PER_FEATURE = ("embedding.num_embeddings_per_feature", "embedding.dim_per_feature")

@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +22,15 @@ from ctr.parallel.comms import wire_bytes
 from ctr.parallel.optimizers import fused_state_bytes
 from ctr.parallel.plan_summary import bytes_per_rank, format_estimates, format_plan, plan_report, pooled_comms_bytes
 from ctr.parallel.process_group import DistributedEnv, in_process_group
-from ctr.train.checkpoint import BEST, Checkpointer, best_value, checkpoint_directory, training_config
+from ctr.train.checkpoint import (
+    BEST,
+    Checkpointer,
+    best_record,
+    best_value,
+    checkpoint_directory,
+    record,
+    training_config,
+)
 from ctr.train.console import configure_worker_logging, quiet_library_noise
 from ctr.train.evaluate import evaluate
 from ctr.train.guards import check_config, check_steps
@@ -36,6 +44,8 @@ from ctr.train.validation import Validation
 log = logging.getLogger(__name__)
 
 JOB_START_ENV = "CTR_JOB_START"
+# The key of a step checkpoint's record that carries the validations without improvement so far.
+PATIENCE_KEY = "evaluations_without_improvement"
 # Fewer steps than this per epoch: the start-up log says so (the batch suits bigger data).
 FEW_STEPS_PER_EPOCH = 50
 
@@ -84,6 +94,9 @@ class Fitted:
     validation: Validation
     scalars: Scalars
     checkpoint_dir: Path
+    epochs: int  # the epochs planned (`trainer.epochs`, or as `planned_epochs` resolves null)
+    test_weights: str  # "best": the best checkpoint's, restored after training; "last": the last step's
+    test_weights_step: int  # the step the test weights come from
 
 
 def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) -> Fitted:
@@ -91,10 +104,13 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     opt, trainer, ckpt = cfg.optimizer, cfg.trainer, cfg.checkpoint
     model, optimizer, source = built.model, built.optimizer, built.source
     steps_per_epoch = train_steps_per_epoch(source.num_rows("train"), trainer.batch_size, env.world_size)
-    total_steps = steps_per_epoch * trainer.epochs
-    eval_every_steps = _eval_every_steps(trainer, steps_per_epoch)
+    has_validation = source.num_rows("val") > 0
+    epochs = planned_epochs(trainer, has_validation)
+    total_steps = steps_per_epoch * epochs
+    eval_every_steps = _eval_every_steps(trainer, steps_per_epoch, converging=trainer.epochs is None and has_validation)
     if env.is_main:
         _log_data_size(source, trainer.batch_size, env.world_size, steps_per_epoch)
+        _log_duration(trainer, epochs, has_validation, eval_every_steps, ckpt.keep_best, source.max_epochs)
     scheduler = build_scheduler(optimizer, opt.sparse_schedule, opt.dense_schedule, total_steps)
 
     checkpointer = Checkpointer(checkpoint_directory(ckpt.dir, run_dir), ckpt.keep_last, env.device, training_config(cfg))
@@ -112,17 +128,23 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
     def save_best(step: int, metrics: Dict[str, float]) -> None:
         checkpointer.save(step, model, optimizer, scheduler, name=BEST, info={"metric": trainer.best_metric, "value": metrics[trainer.best_metric]})
 
+    resumed = resume_from is not None
+    carried = record(resume_from).get(PATIENCE_KEY, 0) if resumed and not ckpt.weights_only else 0
     validation = Validation(
         lambda: evaluate(model, source, "val", built.hashing, env, trainer.eval_batch_size, auc_bins),
         trainer.best_metric, trainer.early_stopping_patience,
         save_best if ckpt.keep_best else None, scalars, env.is_main, best=best_value(checkpointer.directory),
+        evaluations_without_improvement=carried,
     )
     hooks = Hooks(
         eval_every_steps=eval_every_steps,
-        on_eval=validation if source.num_rows("val") > 0 else None,
+        on_eval=validation if has_validation else None,
         checkpoint_every_steps=ckpt.every_steps,
-        on_checkpoint=lambda step: checkpointer.save(step, model, optimizer, scheduler),
+        on_checkpoint=lambda step: checkpointer.save(
+            step, model, optimizer, scheduler, info={PATIENCE_KEY: validation.evaluations_without_improvement}),
     )
+    if validation.exhausted and env.is_main:
+        log.info("the run resumed had stopped early: no further training")
     result = train(
         model,
         optimizer,
@@ -131,13 +153,33 @@ def _fit(cfg: DictConfig, built: Trainable, run_dir: Path, env: DistributedEnv) 
         num_steps=total_steps,
         log_every_steps=trainer.log_every_steps,
         progress_bar=trainer.progress_bar,
-        max_steps=trainer.max_steps,
+        max_steps=start_step if validation.exhausted else trainer.max_steps,
         start_step=start_step,
         scheduler=scheduler,
         hooks=hooks,
         scalars=scalars,
     )
-    return Fitted(result, start_step, validation, scalars, checkpointer.directory)
+    test_weights, test_weights_step = _restore_best(checkpointer, built, scheduler, result.steps, env,
+                                                    ckpt.keep_best and (validation.best_step is not None or resumed))
+    return Fitted(result, start_step, validation, scalars, checkpointer.directory, epochs, test_weights,
+                  test_weights_step)
+
+
+def _restore_best(checkpointer: Checkpointer, built: Trainable, scheduler, last_step: int, env: DistributedEnv,
+                  may_restore: bool) -> Tuple[str, int]:
+    """The weights the test evaluation uses, and their step: the best checkpoint's, loaded into
+    the model (DCP, any number of ranks) unless they are the last step's anyway; the last
+    step's where this run (or the attempts it resumed) saved no best checkpoint."""
+    best = best_record(checkpointer.directory) if may_restore else None
+    if best is None:
+        return "last", last_step
+    step = int(best["step"])
+    if step != last_step:
+        checkpointer.load(checkpointer.directory / BEST, built.model, built.optimizer, scheduler, weights_only=True)
+    if env.is_main:
+        log.info("test metrics from the best checkpoint's weights: step %d of %d (val %s %.4f)",
+                 step, last_step, best["metric"], best["value"])
+    return "best", step
 
 
 def _report(
@@ -163,8 +205,11 @@ def _report(
             rows, trainer.batch_size, env.world_size, env.local_world_size, wire_bytes(cfg.comms, env.device)
         ),
         "train_steps": result.steps,
+        "epochs_planned": fitted.epochs,
+        "test_weights": fitted.test_weights,
+        "test_weights_step": fitted.test_weights_step,
         "resumed_from_step": fitted.start_step,
-        "stopped_early": result.stopped_early,
+        "stopped_early": result.stopped_early or fitted.validation.exhausted,
         "train_samples": result.samples,
         "train_seconds": result.seconds,
         "train_samples_per_second": result.samples_per_second,
@@ -193,14 +238,42 @@ def _report(
     return summary
 
 
-def _eval_every_steps(trainer: DictConfig, steps_per_epoch: int) -> Optional[int]:
-    """Steps between validations: an epoch's with `trainer.eval_every=epoch`, else `eval_every_steps`."""
+def planned_epochs(trainer: DictConfig, has_validation: bool) -> int:
+    """`trainer.epochs`; null: `max_epochs` where validation can stop training early, else one."""
+    if trainer.epochs is not None:
+        return trainer.epochs
+    return trainer.max_epochs if has_validation else 1
+
+
+def _eval_every_steps(trainer: DictConfig, steps_per_epoch: int, converging: bool = False) -> Optional[int]:
+    """Steps between validations: an epoch's with `trainer.eval_every=epoch`, else `eval_every_steps`;
+    an epoch's too when both are null and training runs to convergence."""
     if trainer.eval_every != EvalEvery.epoch:
+        if trainer.eval_every_steps is None and converging:
+            return steps_per_epoch
         return trainer.eval_every_steps
     if trainer.eval_every_steps is not None:
         raise ValueError(f"trainer.eval_every=epoch and trainer.eval_every_steps={trainer.eval_every_steps}: "
                          "set one of them")
     return steps_per_epoch
+
+
+def _log_duration(trainer: DictConfig, epochs: int, has_validation: bool, eval_every_steps: Optional[int],
+                  keep_best: bool, recommended_epochs: int) -> None:
+    """How long training runs and which weights the test metrics will come from."""
+    if not has_validation:
+        log.info("the data has no validation split: %d epoch(s), no validation, no early stopping, and the test "
+                 "metrics from the last weights%s", epochs,
+                 " (trainer.epochs=null trains to convergence only with one)" if trainer.epochs is None else "")
+        return
+    patience = trainer.early_stopping_patience if eval_every_steps else None
+    stopping = (f"stopping after {patience} validation(s) without a better val {trainer.best_metric}"
+                if patience else "no early stopping")
+    every = f"every {eval_every_steps} steps" if eval_every_steps else "at the end"
+    weights = "the best checkpoint's weights" if keep_best else "the last weights (checkpoint.keep_best=false)"
+    cap = f" (the data config recommends {recommended_epochs})" if trainer.epochs is None else ""
+    log.info("training %s%d epoch(s)%s, validating %s, %s; test metrics from %s",
+             "to convergence: up to " if trainer.epochs is None else "", epochs, cap, every, stopping, weights)
 
 
 def _log_data_size(source, batch_size: int, world_size: int, steps_per_epoch: int) -> None:

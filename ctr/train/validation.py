@@ -14,7 +14,8 @@ class Validation:
     """Called every `trainer.eval_every_steps` steps and at the end; returns True to stop early.
 
     `best` carries the best value over from an earlier attempt of the same run (a
-    restarted job), so a restart never replaces a better checkpoint with a worse one.
+    restarted job), so a restart never replaces a better checkpoint with a worse one;
+    `evaluations_without_improvement` carries its patience count (from the checkpoint resumed).
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class Validation:
         scalars: Scalars,
         is_main: bool,
         best: Optional[float] = None,
+        evaluations_without_improvement: int = 0,
     ) -> None:
         self._evaluate = evaluate
         self.metric = metric
@@ -35,8 +37,13 @@ class Validation:
         self._is_main = is_main
         self.best = best
         self.best_step: Optional[int] = None
-        self.evaluations_without_improvement = 0
+        self.evaluations_without_improvement = evaluations_without_improvement
         self.last: Dict[str, float] = {}
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the patience has run out: a resumed run that had stopped early trains no further."""
+        return self._patience is not None and self.evaluations_without_improvement >= self._patience
 
     def __call__(self, step: int) -> bool:
         self.last = self._evaluate()
@@ -56,7 +63,6 @@ class Validation:
                 self._save_best(step, self.last)
             return False
         self.evaluations_without_improvement += 1
-        stop = self._patience is not None and self.evaluations_without_improvement >= self._patience
-        if stop and self._is_main:
+        if self.exhausted and self._is_main:
             log.info("early stopping: %s has not improved for %d evaluations", self.metric, self._patience)
-        return stop
+        return self.exhausted

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -67,3 +68,33 @@ def test_deep_crossing_stacks_features_in_config_order_whatever_the_embedding_ou
 
     model.embeddings.collection.forward = shard_ordered
     torch.testing.assert_close(model(dense, sparse), expected)
+
+
+def test_residual_unit_batch_norm_normalises_the_sum_before_relu_and_dropout_drops_its_outputs():
+    torch.manual_seed(0)
+    unit = ResidualUnit(dim=6, hidden_dim=5, dropout=0.5, batch_norm=True)
+    x = torch.randn(64, 6)
+    unit.eval()  # dropout off, batch norm with its running statistics (mean 0, variance 1 at start)
+    total = x + unit.outer(torch.relu(unit.inner(x)))
+    torch.testing.assert_close(unit(x), torch.relu(total / torch.sqrt(torch.tensor(1 + 1e-5))))
+    unit.train()
+    out = unit(x)
+    normalised = torch.relu((total - total.mean(0)) / torch.sqrt(total.var(0, unbiased=False) + 1e-5))
+    kept = out != 0
+    torch.testing.assert_close(out[kept], 2 * normalised[kept])  # inverted dropout scales the kept by 1/(1-p)
+    assert 0.3 < 1 - kept.float().sum() / (normalised != 0).float().sum() < 0.7
+
+
+def test_deep_crossing_puts_dropout_and_batch_norm_in_every_residual_unit():
+    model = DeepCrossing(_ebc(), num_dense_features=3, num_residual_units=2, residual_hidden_dim=7,
+                         dropout=0.2, batch_norm=True)
+    for unit in model.residual_units:
+        assert isinstance(unit.norm, torch.nn.BatchNorm1d) and unit.norm.num_features == 3 + 4 + 8
+        assert isinstance(unit.dropout, torch.nn.Dropout) and unit.dropout.p == 0.2
+    plain = DeepCrossing(_ebc(), num_dense_features=3, num_residual_units=1, residual_hidden_dim=7)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.Dropout)) for m in plain.modules())
+
+
+def test_dropout_must_be_a_probability_below_one():
+    with pytest.raises(ValueError, match=r"model.dropout=1.0: expected a probability in \[0, 1\)"):
+        DeepCrossing(_ebc(), num_dense_features=3, dropout=1.0)

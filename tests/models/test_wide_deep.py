@@ -60,7 +60,7 @@ def test_the_logit_is_the_deep_logit_plus_the_wide_logit():
     deep_only = model(dense, sparse)
     torch.nn.init.uniform_(model.wide.collection.embedding_bags["wide_t_ab"].weight)
     torch.testing.assert_close(model(dense, sparse), deep_only + model.wide(sparse))
-    assert model.deep[0]._mlp[0]._linear.in_features == 2 + 8 + 8 + 4
+    assert model.deep[0][0].in_features == 2 + 8 + 8 + 4
     assert model(dense, sparse).shape == (2,)
 
 
@@ -73,3 +73,12 @@ def test_the_logit_is_the_deep_logit_plus_the_wide_logit():
 def test_a_bad_config_names_its_key(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WideAndDeep(_embeddings(), num_dense_features=2, **kwargs)
+
+
+def test_the_deep_mlp_takes_batch_norm_before_and_dropout_after_each_relu():
+    model = WideAndDeep(_embeddings(), num_dense_features=2, hidden_dims=[6, 3], wide={"crosses": [CROSS]},
+                        dropout=0.25, batch_norm=True)
+    layers = [type(m).__name__ for m in model.deep[0]]
+    assert layers == ["Linear", "BatchNorm1d", "ReLU", "Dropout"] * 2
+    assert [m.p for m in model.deep[0] if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25]
+    assert [type(m).__name__ for m in _model().deep[0]] == ["Linear", "ReLU"] * 2

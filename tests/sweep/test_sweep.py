@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ctr.sweep.summary import write_summary
 from tests.hydra_config import TINY
 
@@ -91,3 +93,32 @@ def test_optuna_search_config_loads_with_its_search_space():
     assert set(sweeper.params) == {
         "optimizer.dense_lr", "optimizer.sparse_lr", "embedding.dim", "embedding.num_embeddings",
     }
+
+
+@pytest.mark.parametrize("model,own", [
+    ("deep_crossing", {"model.num_residual_units", "model.residual_hidden_dim"}),
+    ("wide_deep", {"model.hidden_dims", "optimizer.wide.lr"}),
+])
+def test_each_model_has_a_search_space_of_its_own_keys_over_tune_aucs(model, own):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ctr.config import register_configs
+    from tests.hydra_config import CONFIGS, compose
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"model={model}", f"hydra/sweeper=tune_{model}"],
+                            return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.direction == "maximize" and sweeper.study_name == f"ctr_tune_{model}"
+    regularisation = {"model.dropout", "model.batch_norm", "optimizer.dense_weight_decay"}
+    assert set(sweeper.params) == {"optimizer.dense_lr", "optimizer.sparse_lr", "embedding.dim",
+                                   "embedding.num_embeddings", *regularisation, *own}
+    # every choice (and each end of a range) the search can draw is a valid override of that model's config
+    parser = OverridesParser.create()
+    spaces = {key: parser.parse_override(f"{key}={space}").value() for key, space in sweeper.params.items()}
+    values = {key: space.list if hasattr(space, "list") else [space.start, space.end] for key, space in spaces.items()}
+    for i in range(max(len(v) for v in values.values())):
+        compose(f"model={model}", *(f"{key}={json.dumps(v[min(i, len(v) - 1)])}" for key, v in values.items()))

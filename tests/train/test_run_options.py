@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ctr.train.run import _eval_every_steps
+from ctr.train.run import _eval_every_steps, planned_epochs
 from tests.hydra_config import TINY, compose
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +24,26 @@ REPO = Path(__file__).resolve().parents[2]
 ])
 def test_the_trainer_takes_the_data_configs_batch_size_unless_given_one(overrides, expected):
     assert compose(*overrides).trainer.batch_size == expected
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ((), 2),  # synthetic: fresh rows are cheaper than more passes
+    (("data=movielens100k",), 10),
+    (("data=criteo_kaggle10k",), 10),
+    (("trainer.max_epochs=4",), 4),
+])
+def test_the_trainer_converges_within_the_data_configs_max_epochs_unless_given_one(overrides, expected):
+    cfg = compose(*overrides)
+    assert cfg.trainer.epochs is None and cfg.trainer.max_epochs == expected
+    assert cfg.trainer.early_stopping_patience == 2
+
+
+def test_training_to_convergence_caps_the_epochs_and_validates_each_only_where_there_is_validation():
+    trainer = OmegaConf.create({"epochs": None, "max_epochs": 7, "eval_every": None, "eval_every_steps": None})
+    assert planned_epochs(trainer, has_validation=True) == 7 and planned_epochs(trainer, has_validation=False) == 1
+    assert _eval_every_steps(trainer, 20, converging=True) == 20 and _eval_every_steps(trainer, 20) is None
+    assert _eval_every_steps(OmegaConf.merge(trainer, {"eval_every_steps": 5}), 20, converging=True) == 5
+    assert planned_epochs(OmegaConf.merge(trainer, {"epochs": 3}), has_validation=False) == 3
 
 
 def test_eval_every_epoch_is_an_epoch_of_steps_and_excludes_eval_every_steps():
