@@ -47,8 +47,8 @@ def item2vec_overrides(tmp_path_factory) -> list:
     """A small Item2Vec run on a behaviour log, 2 ranks."""
     log_dir = write_log(tmp_path_factory.mktemp("log"))
     return [*ON_CPU, *behaviour_overrides(log_dir), "model=item2vec", "embedding.hashing=vocab",
-            "embedding.hashing.min_count=1", "embedding.dim=8", "trainer.batch_size=64", "trainer.progress_bar=false",
-            "distributed.nproc_per_node=2"]
+            "embedding.hashing.min_count=1", "embedding.dim=8", "trainer.batch_size=64", "trainer.epochs=1",
+            "trainer.progress_bar=false", "distributed.nproc_per_node=2"]
 
 
 @pytest.fixture(scope="module")
