@@ -3,7 +3,6 @@ the same bytes for any number of workers or ranks, the same rows as reading the 
 and resume after a killed worker."""
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -170,7 +169,8 @@ MOVIELENS = SHARED_DATA / "movielens-100k"
 
 
 @pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"{MOVIELENS} is not present (set CTR_DATA_ROOT)")
-def test_movielens100k_temporal_by_two_torchrun_ranks_equals_one_process(tmp_path):
+def test_movielens100k_temporal_by_two_torchrun_ranks_equals_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTR_DATA_ROOT", str(SHARED_DATA))  # both runs name the input alike (meta.json "input")
     data = _data_config("movielens100k_temporal", f"data.path={tmp_path / 'one'}")
     part_bytes = 700_000  # u.data (1.9 MB) in 3 parts
     preprocess_csv(data.schema, data.path, part_bytes=part_bytes, progress_bar=False)
@@ -179,7 +179,7 @@ def test_movielens100k_temporal_by_two_torchrun_ranks_equals_one_process(tmp_pat
         [str(torchrun), "--standalone", "--nproc_per_node=2", "launch/preprocess.py", "data=movielens100k_temporal",
          f"data.path={tmp_path / 'ranks'}", f"part_bytes={part_bytes}", "progress_bar=false",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "CTR_DATA_ROOT": str(SHARED_DATA)},
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _contents(tmp_path / "ranks") == _contents(tmp_path / "one")
