@@ -73,6 +73,9 @@ CASES: Dict[str, Case] = {
     "fp16_tables_bf16_tower": Case(["embedding.precision=fp16", "trainer.dense_precision=bf16"], cpu=True),
     "wide_deep": Case(["model=wide_deep"], cpu=True),
     "sharding_auto": Case(["sharding=auto"], cpu=True),
+    # FBGEMM's CPU kernel ignores table L2, so ctr refuses it on CPU: this is its only run.
+    "table_l2_row_wise": Case(["model=wide_deep", "sharding=row_wise", "optimizer.sparse_weight_decay=1e-5"]),
+    "fm_frozen_row_wise": Case(["model=fm", "sharding=row_wise", "+embedding.update.cat_0=frozen"]),
     # 2M rows per table behind a cache of 5 % of them: lookups miss and the prefetch pipeline fills the cache.
     "uvm_cache": Case(["sharding=uvm_caching", "sharding.cache_load_factor=0.05", "embedding.num_embeddings=2000000",
                        "data.vocab_max=2000000"]),

@@ -35,7 +35,7 @@ def test_the_matrix_covers_what_the_issue_asks():
     for wanted in ("sharding=table_wise", "sharding=row_wise", "sharding=table_row_wise", "sharding=column_wise",
                    "comms=fp16", "comms=bf16", "comms=int8", "comms=fp8", "optimizer.sparse=adam",
                    "embedding.precision=fp16 trainer.dense_precision=bf16", "model=wide_deep", "sharding=auto",
-                   "sharding=uvm_caching"):
+                   "sharding=uvm_caching", "optimizer.sparse_weight_decay", "+embedding.update.cat_0=frozen"):
         assert wanted in overrides
 
 
