@@ -128,8 +128,8 @@ def test_training_through_reader_workers_matches_the_background_thread(shards, t
         run_dir = tmp_path / f"workers{workers}"
         proc = subprocess.run(
             [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "launch/train.py",
-             "data=criteo", f"data.path={shards}", "data.shuffle_buffer=256", "trainer.epochs=2",
-             f"trainer.reader_workers={workers}", *TINY_MODEL, *ON_CPU, f"hydra.run.dir={run_dir}"],
+             "data=criteo", f"data.path={shards}", "data.shuffle_buffer=256", f"trainer.reader_workers={workers}",
+             *TINY_MODEL, "trainer.epochs=2", *ON_CPU, f"hydra.run.dir={run_dir}"],  # after TINY_MODEL's one epoch
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
